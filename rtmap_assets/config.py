@@ -1,0 +1,160 @@
+"""Per-trial configuration (YAML, validated with pydantic).
+
+Every threshold of DESIGN.md's domain rules is a field here, with the design's default. An invalid
+file raises `ConfigError` with one message naming the offending field.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+LEVELS: tuple[str, str, str] = ("low", "intermediate", "high")
+DEFAULT_CONFIG_PATH = Path(__file__).parent / "configs" / "synthetic_trial.yaml"
+
+
+class ConfigError(ValueError):
+    """The trial configuration file is invalid; the message names the field."""
+
+
+class _Strict(BaseModel):
+    # Unknown keys are typos: refuse them rather than silently ignoring a threshold.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Aliases(_Strict):
+    """Shell-style, case-insensitive alias lists per structure role (rule 2).
+
+    `ctv` patterns may contain `{dose}` which is replaced by each prescription (e.g. `*CTV*{dose}*`
+    becomes `*CTV*65*` for a 65 Gy level).
+    """
+
+    ctv: list[str] = ["*CTV*{dose}*"]
+    recurrence: list[str] = ["Rec_CT", "*recurrence*", "rGTV*", "*_rec"]
+    landmark: list[str] = ["*thy*"]
+    comparison: list[str] = ["*mandible*", "*cord*"]
+    body: list[str] = ["BODY", "*external*", "*body*", "*outline*"]
+    organs: dict[str, list[str]] = {
+        "SpinalCord": ["*cord*"],
+        "Mandible": ["*mandible*"],
+        "Parotid_L": ["*parotid*l*", "*l*parotid*"],
+        "Parotid_R": ["*parotid*r*", "*r*parotid*"],
+    }
+
+    @field_validator("ctv")
+    @classmethod
+    def _ctv_templated(cls, v: list[str]) -> list[str]:
+        if not v or not any("{dose}" in p for p in v):
+            raise ValueError("at least one CTV alias must contain '{dose}'")
+        return v
+
+    def ctv_for_dose(self, dose_gy: float) -> list[str]:
+        dose = f"{dose_gy:g}"
+        return [p.replace("{dose}", dose) for p in self.ctv]
+
+
+class Uncertainty(_Strict):
+    """Rule 5: sphere radius policy."""
+
+    policy: Literal["fixed", "patient", "cohort"] = "fixed"
+    radius_mm: float = Field(5.0, gt=0, description="radius for the fixed policy")
+    cohort_percentile: float = Field(95.0, ge=0, le=100)
+
+
+class Thresholds(_Strict):
+    isodose_fraction: float = Field(0.95, gt=0, le=1, description="rule 7: isodose = fraction x P")
+    arm_tolerance_gy: float = Field(0.5, ge=0, description="rule 8: m >= p - tolerance")
+    volume_inside_fraction: float = Field(0.95, gt=0, le=1, description="rule 10: f >= this -> inside")
+    dawson_infield: float = Field(0.95, gt=0, le=1, description="rule 11")
+    dawson_marginal: float = Field(0.20, ge=0, lt=1, description="rule 11")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "Thresholds":
+        if self.dawson_marginal >= self.dawson_infield:
+            raise ValueError("dawson_marginal must be below dawson_infield")
+        return self
+
+
+class Registration(_Strict):
+    engine: Literal["sitk", "elastix", "skrt"] = "sitk"
+    bspline_grid_mm: float = Field(30.0, gt=0)
+
+
+class QC(_Strict):
+    """Asset-check thresholds for registration quality."""
+
+    max_landmark_distance_mm: float = Field(5.0, gt=0)
+    max_folding_fraction: float = Field(0.001, ge=0, le=1)
+
+
+class Probability(_Strict):
+    """Rule 13: Monte Carlo sampling of the centroid under Gaussian error."""
+
+    samples: int = Field(4000, ge=100)
+    seed: int = 0
+
+
+class DoseStatistics(_Strict):
+    bin_width_gy: float = Field(0.01, gt=0)
+
+
+class TrialConfig(_Strict):
+    trial: str = Field(..., min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    arms: dict[str, tuple[float, float, float]] = Field(
+        default_factory=lambda: {"A": (54.0, 60.0, 65.0), "B": (0.0, 54.0, 60.0), "C": (0.0, 0.0, 50.0)},
+        description="arm name -> prescriptions (Gy) for low, intermediate, high; 0 = level absent",
+    )
+    aliases: Aliases = Aliases()
+    grid_spacing_mm: float = Field(2.0, gt=0, le=10)
+    uncertainty: Uncertainty = Uncertainty()
+    thresholds: Thresholds = Thresholds()
+    registration: Registration = Registration()
+    qc: QC = QC()
+    probability: Probability = Probability()
+    dose_statistics: DoseStatistics = DoseStatistics()
+
+    @field_validator("arms")
+    @classmethod
+    def _arms_valid(cls, v: dict[str, tuple[float, float, float]]) -> dict[str, tuple[float, float, float]]:
+        if not v:
+            raise ValueError("at least one arm is required")
+        for name, levels in v.items():
+            if any(p < 0 for p in levels):
+                raise ValueError(f"arm {name}: prescriptions must be >= 0")
+            if levels[2] <= 0:
+                raise ValueError(f"arm {name}: the high level must have a prescription > 0")
+        return v
+
+    def prescriptions(self, arm: str) -> dict[str, float]:
+        """Level name -> prescription (Gy) for an arm; absent levels are 0."""
+        return dict(zip(LEVELS, self.arms[arm]))
+
+
+def _field_path(err: dict) -> str:
+    return ".".join(str(p) for p in err["loc"]) or "(file)"
+
+
+def parse_trial_config(data: dict, source: str = "<dict>") -> TrialConfig:
+    try:
+        return TrialConfig.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        raise ConfigError(f"{source}: field '{_field_path(first)}': {first['msg']}{more}") from None
+
+
+def load_trial_config(path: str | Path | None = None) -> TrialConfig:
+    """Read and validate a trial YAML file (the bundled synthetic trial when `path` is None)."""
+    path = Path(path) if path is not None else DEFAULT_CONFIG_PATH
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return parse_trial_config(data, source=str(path))
