@@ -1,0 +1,1 @@
+select * from {{ source('lake', 'trial_covariates') }}

@@ -1,0 +1,160 @@
+"""`rtmap` command line: generate a synthetic cohort, run the whole pipeline through Dagster, open the UI."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+DAGSTER_YAML = """\
+# Written by `rtmap demo` / `rtmap ui`: a persistent local instance under data/.
+run_queue:
+  max_concurrent_runs: 2
+concurrency:
+  pools:
+    default_limit: 1   # the heavy per-patient step (pool rtmap_patient_heavy) one at a time on 2 cores
+telemetry:
+  enabled: false
+"""
+
+
+def prepare_instance(data_dir: Path) -> Path:
+    """DAGSTER_HOME under the data folder, with the run queue and pool limits rtmap expects."""
+    home = data_dir / "dagster_home"
+    home.mkdir(parents=True, exist_ok=True)
+    if not (home / "dagster.yaml").exists():
+        (home / "dagster.yaml").write_text(DAGSTER_YAML)
+    os.environ["DAGSTER_HOME"] = str(home)
+    os.environ["RTMAP_DATA_DIR"] = str(data_dir)
+    return home
+
+
+def _cmd_synth(argv: list[str]) -> int:
+    from rtmap_assets.synth.cli import main_synth
+
+    return main_synth(argv)
+
+
+def _print_table(rows: list[dict], columns: list[str]) -> None:
+    widths = {c: max(len(c), *(len(_fmt(r.get(c))) for r in rows)) if rows else len(c) for c in columns}
+    print("  ".join(c.ljust(widths[c]) for c in columns))
+    print("  ".join("-" * widths[c] for c in columns))
+    for r in rows:
+        print("  ".join(_fmt(r.get(c)).ljust(widths[c]) for c in columns))
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.2f}"
+    return str(v)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    data_dir = Path(args.data_dir).resolve()
+    if args.fresh and data_dir.exists():
+        for sub in ("raw", "truth", "covariates", "lake", "dagster_home", "rtmap.duckdb"):
+            p = data_dir / sub
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+    prepare_instance(data_dir)
+
+    import dagster as dg
+    import duckdb
+
+    from rtmap_assets.config import load_trial_config
+    from rtmap_assets.definitions import defs as load_defs
+    from rtmap_assets.lake import Lake
+
+    config = load_trial_config(os.environ.get("RTMAP_TRIAL_CONFIG") or None)
+    raw_trial = data_dir / "raw" / config.trial
+    t0 = time.perf_counter()
+    if not raw_trial.exists() or not any(raw_trial.iterdir()):
+        print(f"[1/4] generating a synthetic cohort of {args.patients} patients ({args.size}) in {raw_trial}")
+        rc = _cmd_synth(["--out", str(data_dir / "raw"), "--truth", str(data_dir / "truth"),
+                         "--covariates", str(data_dir / "covariates" / f"{config.trial}.csv"),
+                         "--patients", str(args.patients), "--size", args.size, "--seed", str(args.seed)])
+        if rc:
+            return rc
+    else:
+        print(f"[1/4] using the existing cohort in {raw_trial}")
+
+    defs = load_defs()
+    instance = dg.DagsterInstance.get()
+    print(f"[2/4] catalog + manifest (Dagster instance {os.environ['DAGSTER_HOME']})")
+    defs.get_job_def("bronze_job").execute_in_process(instance=instance)
+    lake = Lake(data_dir / "lake")
+    manifest = lake.read_table("patient_manifest")
+    files = lake.read_table("dicom_files")
+    patients = sorted(set(files["patient_id"].drop_nulls().to_list())) if files.height else []
+    ready = sorted(set(manifest["patient_id"].to_list())) if manifest.height else []
+    print(f"      {files.height} DICOM files, {lake.read_table('dicom_rejects').height} rejects, "
+          f"{len(patients)} patients, {len(ready)} with a complete manifest")
+    instance.add_dynamic_partitions("patients", [p for p in ready if not instance.has_dynamic_partition("patients", p)])
+
+    print(f"[3/4] per-patient runs ({len(ready)})")
+    job = defs.get_job_def("patient_job")
+    for i, pid in enumerate(ready, 1):
+        t = time.perf_counter()
+        result = job.execute_in_process(instance=instance, partition_key=pid, raise_on_error=False)
+        status = "ok" if result.success else "FAILED (see pipeline_issues)"
+        print(f"      [{i}/{len(ready)}] {pid}: {status} in {time.perf_counter() - t:.1f} s", flush=True)
+
+    print("[4/4] cohort: uncertainty, seed CSV, dbt models, dashboard")
+    defs.get_job_def("cohort_job").execute_in_process(instance=instance, raise_on_error=False)
+
+    duck = data_dir / "rtmap.duckdb"
+    with duckdb.connect(str(duck), read_only=True) as con:
+        rows = con.sql("select * from main.patient_summary order by patient_id").pl().to_dicts()
+    print(f"\nPer-patient summary (high-risk level) — {time.perf_counter() - t0:.0f} s in all")
+    _print_table(rows, ["patient_id", "arm", "arm_source", "uncertainty_mm", "radius_mm", "high_centroid_class",
+                        "high_volume_class", "high_dawson_class", "mohamed_type", "high_probability_inside",
+                        "tre_mean_mm", "open_issues", "issue_codes"])
+    print(f"""
+Outputs
+  lake (Parquet):     {lake.root}
+  DuckDB (dbt):       {duck}   e.g. duckdb {duck} "select * from patient_summary"
+  dashboard:          {lake.root / 'dashboards' / 'cohort_dashboard.html'}
+  overlays (PNG):     {lake.root / 'files'}/patient=<id>/<version>/overlay.png
+  seed CSVs:          {lake.root / 'seed_csv'}
+  Dagster instance:   {os.environ['DAGSTER_HOME']}   (open the UI: rtmap ui)""")
+    return 0
+
+
+def _cmd_ui(args: argparse.Namespace) -> int:
+    prepare_instance(Path(args.data_dir).resolve())
+    dagster = str(Path(sys.executable).with_name("dagster"))
+    root = Path(__file__).resolve().parents[1]
+    return subprocess.call([dagster, "dev", "-h", "127.0.0.1", "-p", str(args.port), "-w",
+                            str(root / "workspace.yaml")], cwd=root)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(prog="rtmap", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("synth", help="generate a synthetic DICOM-RT cohort with ground truth (see rtmap synth -h)",
+                   add_help=False)
+    demo = sub.add_parser("demo", help="generate (if needed) and run the whole pipeline through Dagster")
+    demo.add_argument("--data-dir", default=os.environ.get("RTMAP_DATA_DIR", "data"))
+    demo.add_argument("--patients", type=int, default=6)
+    demo.add_argument("--size", choices=["small", "clinical"], default="small")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--fresh", action="store_true", help="delete earlier raw data, lake and instance first")
+    ui = sub.add_parser("ui", help="start the Dagster UI and daemon on 127.0.0.1")
+    ui.add_argument("--data-dir", default=os.environ.get("RTMAP_DATA_DIR", "data"))
+    ui.add_argument("--port", type=int, default=3000)
+    if argv and argv[0] == "synth":
+        return _cmd_synth(argv[1:])
+    args = parser.parse_args(argv)
+    return {"demo": _cmd_demo, "ui": _cmd_ui}[args.command](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,120 @@
+"""Jobs, the raw-data sensor and the full-refresh schedule.
+
+The sensor watches `data/raw/<trial>/`: one top-level folder per patient export. It works in two
+phases on each tick, remembered in its cursor:
+1. the raw folder changed (a file added, removed, resized or touched) → run the bronze job
+   (catalog + manifest), with a run key derived from the folder state;
+2. the manifest lists a patient whose input fingerprint is new → add its partition and run that
+   patient alone, with run key `<patient>:<fingerprint>` (so the same data is never run twice).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import polars as pl
+
+import dagster as dg
+from rtmap_assets.defs.partitions import patients_partitions
+from rtmap_assets.defs.resources import RtmapPaths
+
+bronze_job = dg.define_asset_job(
+    "bronze_job",
+    selection=dg.AssetSelection.assets("dicom_files", "dicom_rejects", "patient_manifest", "trial_covariates"),
+    description="Header catalog of the raw folder, patient manifest and covariates.",
+    executor_def=dg.in_process_executor,
+)
+
+# One process per patient: both steps run in the run's own process (a step subprocess costs seconds).
+patient_job = dg.define_asset_job(
+    "patient_job",
+    selection=dg.AssetSelection.assets(
+        "registration_qc", "mapped_structures", "recurrence_classification", "dose_statistics"),
+    partitions_def=patients_partitions,
+    description="Everything for one patient: registration, mapped structures, dose statistics, classification.",
+    executor_def=dg.in_process_executor,
+)
+
+cohort_job = dg.define_asset_job(
+    "cohort_job",
+    selection=dg.AssetSelection.groups("cohort"),
+    description="Cohort assets: covariates, cohort uncertainty, seed CSV, dbt models, dashboard.",
+    executor_def=dg.in_process_executor,
+)
+
+
+def raw_folder_state(raw_trial_dir: Path) -> dict[str, str]:
+    """Export folder → hash of its files' (relative path, size, mtime). Stat calls only, no reads."""
+    state: dict[str, str] = {}
+    if not raw_trial_dir.is_dir():
+        return state
+    for export in sorted(p for p in raw_trial_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        h = hashlib.sha1()
+        for root, dirs, files in os.walk(export):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            for f in sorted(files):
+                if f.startswith("."):
+                    continue
+                st = os.stat(os.path.join(root, f))
+                h.update(f"{os.path.relpath(os.path.join(root, f), export)}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+        state[export.name] = h.hexdigest()[:16]
+    return state
+
+
+def _manifest_fingerprints(paths: RtmapPaths) -> dict[str, str]:
+    manifest = paths.lake.read_table("patient_manifest")
+    if manifest.is_empty():
+        return {}
+    fp = manifest.group_by("patient_id").agg(pl.col("input_fingerprint").first())
+    return dict(zip(fp["patient_id"].to_list(), fp["input_fingerprint"].to_list()))
+
+
+@dg.sensor(
+    jobs=[bronze_job, patient_job],
+    minimum_interval_seconds=30,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="New or changed patient exports in data/raw/<trial>/ → catalog, new partitions, per-patient runs.",
+)
+def raw_exports_sensor(context: dg.SensorEvaluationContext, paths: RtmapPaths) -> dg.SensorResult:
+    cursor = json.loads(context.cursor) if context.cursor else {"raw": {}, "patients": {}}
+    runs: list[dg.RunRequest] = []
+
+    raw = raw_folder_state(paths.raw_trial_dir())
+    if raw != cursor["raw"]:
+        changed = sorted(k for k in raw.keys() | cursor["raw"].keys() if raw.get(k) != cursor["raw"].get(k))
+        key = hashlib.sha1(json.dumps(raw, sort_keys=True).encode()).hexdigest()[:16]
+        runs.append(dg.RunRequest(run_key=f"bronze:{key}", job_name=bronze_job.name,
+                                  tags={"rtmap/changed_exports": ",".join(changed)[:200]}))
+        cursor["raw"] = raw
+
+    new_partitions: list[str] = []
+    existing = set(context.instance.get_dynamic_partitions(patients_partitions.name))
+    for pid, fingerprint in sorted(_manifest_fingerprints(paths).items()):
+        if cursor["patients"].get(pid) == fingerprint:
+            continue
+        if pid not in existing:
+            new_partitions.append(pid)
+        runs.append(dg.RunRequest(run_key=f"{pid}:{fingerprint}", job_name=patient_job.name, partition_key=pid))
+        cursor["patients"][pid] = fingerprint
+
+    return dg.SensorResult(
+        run_requests=runs,
+        dynamic_partitions_requests=[patients_partitions.build_add_request(new_partitions)] if new_partitions else [],
+        cursor=json.dumps(cursor, sort_keys=True),
+    )
+
+
+@dg.schedule(
+    cron_schedule="0 2 * * *",
+    job=patient_job,
+    default_status=dg.DefaultScheduleStatus.STOPPED,
+    description="Nightly full refresh: every known patient is re-run; unchanged patients (same inputs, code and "
+    "configuration) re-report their stored result instead of recomputing.",
+)
+def nightly_full_refresh(context: dg.ScheduleEvaluationContext):
+    day = context.scheduled_execution_time.strftime("%Y-%m-%d")
+    for pid in context.instance.get_dynamic_partitions(patients_partitions.name):
+        yield dg.RunRequest(run_key=f"refresh:{day}:{pid}", partition_key=pid)

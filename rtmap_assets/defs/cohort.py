@@ -1,0 +1,86 @@
+"""Gold, cohort level: covariates, the cohort uncertainty radius and the seed's all-patients CSV.
+
+These follow the per-patient assets by declarative automation (`eager`), so a new or re-run patient
+is reflected without anyone asking.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import polars as pl
+
+import dagster as dg
+from rtmap_assets.defs.metadata import md_table
+from rtmap_assets.defs.resources import RtmapPaths
+from rtmap_assets.dosimetry.uncertainty import cohort_radius
+from rtmap_assets.pipeline.covariates import read_covariates
+
+COHORT = "cohort"
+
+
+@dg.asset(
+    description="Trial covariates (data/covariates/<trial>.csv) validated and stored as Parquet: arm, site, stage, "
+    "age band, … — only whitelisted, non-identifying columns enter the lake.",
+    group_name=COHORT,
+    kinds={"parquet", "csv"},
+)
+def trial_covariates(context: dg.AssetExecutionContext, paths: RtmapPaths) -> dg.MaterializeResult:
+    config = paths.config()
+    df, dropped = read_covariates(paths.covariates_dir / f"{config.trial}.csv")
+    out = paths.lake.write_cohort_table("trial_covariates", df)
+    if dropped:
+        context.log.warning(f"covariate columns not whitelisted, left out of the lake: {dropped}")
+    return dg.MaterializeResult(
+        data_version=dg.DataVersion(hashlib.sha1(df.write_csv().encode()).hexdigest()[:16]),
+        metadata={"dagster/row_count": df.height, "dropped_columns": ", ".join(dropped) or "none",
+                  "path": dg.MetadataValue.path(str(out)), "preview": md_table(df)},
+    )
+
+
+@dg.asset(
+    deps=["registration_qc"],
+    description="Cohort view of registration uncertainty: every patient's landmark distance and, for the "
+    "'cohort' radius policy, the percentile radius all classifications use (rule 5).",
+    group_name=COHORT,
+    kinds={"parquet"},
+    automation_condition=dg.AutomationCondition.eager(),
+)
+def cohort_uncertainty(context: dg.AssetExecutionContext, paths: RtmapPaths) -> dg.MaterializeResult:
+    config = paths.config()
+    qc = paths.lake.read_table("registration_qc")
+    distances = qc.select("patient_id", "landmark_distance_mm") if qc.height else pl.DataFrame(
+        schema={"patient_id": pl.String, "landmark_distance_mm": pl.Float64})
+    radius = None
+    if distances.height and distances["landmark_distance_mm"].drop_nulls().len():
+        radius = cohort_radius(distances["landmark_distance_mm"].to_list(), config.uncertainty.cohort_percentile,
+                               min_radius=config.grid_spacing_mm)
+    table = distances.with_columns(
+        pl.lit(radius, dtype=pl.Float64).alias("cohort_radius_mm"),
+        pl.lit(config.uncertainty.cohort_percentile).alias("cohort_percentile"),
+        pl.lit(config.uncertainty.policy).alias("policy_in_use"),
+    )
+    out = paths.lake.write_cohort_table("cohort_uncertainty", table)
+    # The data version is what the classifications depend on: it changes only when the cohort radius is
+    # in use and changes, so a new patient does not re-classify everyone under the fixed/patient policies.
+    used = f"{radius:.4f}" if config.uncertainty.policy == "cohort" and radius is not None else config.uncertainty.policy
+    return dg.MaterializeResult(
+        data_version=dg.DataVersion(used),
+        metadata={"dagster/row_count": table.height, "cohort_radius_mm": radius,
+                  "policy": config.uncertainty.policy, "path": dg.MetadataValue.path(str(out))},
+    )
+
+
+@dg.asset(
+    deps=["recurrence_classification"],
+    description="The seed workflow's cohort CSV, <trial>_all_classifications.csv, for existing users.",
+    group_name=COHORT,
+    kinds={"csv"},
+    automation_condition=dg.AutomationCondition.eager(),
+)
+def seed_classification_csv(paths: RtmapPaths) -> dg.MaterializeResult:
+    from rtmap_assets.pipeline.dosimetry_patient import write_seed_csvs
+
+    table = paths.lake.read_table("recurrence_classification")
+    out = write_seed_csvs(table, paths.lake.root / "seed_csv", paths.config().trial, per_patient=False)
+    return dg.MaterializeResult(metadata={"dagster/row_count": table.height, "path": dg.MetadataValue.path(str(out))})

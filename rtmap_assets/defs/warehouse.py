@@ -1,0 +1,85 @@
+"""dbt models over the lake (DuckDB file for SQL users) and the cohort dashboard.
+
+The dbt sources are the lake tables the other assets write, so the dbt models sit downstream of
+them in one graph and follow them by declarative automation.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+import dagster as dg
+from dagster_dbt import DagsterDbtTranslator, DbtCliResource, DbtProject, dbt_assets
+from rtmap_assets.defs.resources import RtmapPaths
+from rtmap_assets.figures.dashboard import build_cohort_dashboard
+
+DBT_DIR = Path(__file__).resolve().parents[2] / "dbt_models"
+COHORT = "cohort"
+
+# A failed patient never materialises its partition; plain eager() would then wait for it forever.
+# The cohort follows whatever patients are done, and never runs while an upstream run is in progress.
+COHORT_AUTOMATION = dg.AutomationCondition.eager().without(~dg.AutomationCondition.any_deps_missing())
+
+# The dbt next to this interpreter (the project's venv), whether or not the venv is activated.
+DBT_EXECUTABLE = str(Path(sys.executable).with_name("dbt"))
+dbt_project = DbtProject(project_dir=DBT_DIR, profiles_dir=DBT_DIR)
+if not dbt_project.manifest_path.exists():
+    # dagster-dbt needs the manifest at import time; `dbt parse` makes it offline in a few seconds.
+    subprocess.run([DBT_EXECUTABLE, "parse", "--quiet", "--project-dir", str(DBT_DIR), "--profiles-dir", str(DBT_DIR)],
+                   check=True, env={**os.environ, "DBT_SEND_ANONYMOUS_USAGE_STATS": "false"})
+
+
+class LakeTranslator(DagsterDbtTranslator):
+    def get_asset_key(self, dbt_resource_props: Mapping[str, Any]) -> dg.AssetKey:
+        if dbt_resource_props["resource_type"] == "source":
+            return dg.AssetKey(dbt_resource_props["name"])  # the lake table asset of the same name
+        return dg.AssetKey(["warehouse", dbt_resource_props["name"]])
+
+    def get_group_name(self, dbt_resource_props: Mapping[str, Any]) -> str | None:
+        return COHORT
+
+    def get_automation_condition(self, dbt_resource_props: Mapping[str, Any]) -> dg.AutomationCondition | None:
+        return COHORT_AUTOMATION
+
+
+def _dbt_env(paths: RtmapPaths) -> None:
+    os.environ["RTMAP_LAKE"] = str(paths.lake.root)
+    os.environ["RTMAP_DUCKDB"] = str(paths.duckdb_path)
+    os.environ.setdefault("DBT_SEND_ANONYMOUS_USAGE_STATS", "false")
+
+
+@dbt_assets(manifest=dbt_project.manifest_path, dagster_dbt_translator=LakeTranslator(), name="warehouse_models")
+def warehouse_models(context: dg.AssetExecutionContext, dbt: DbtCliResource, paths: RtmapPaths):
+    """Staging views and mart tables in data/rtmap.duckdb, with the YAML tests as asset checks."""
+    _dbt_env(paths)
+    yield from dbt.cli(["build"], context=context).stream()
+
+
+@dg.asset(
+    deps=[dg.AssetKey(["warehouse", "patient_summary"]), dg.AssetKey(["warehouse", "classification_by_arm"])],
+    description="Plotly HTML dashboard of the cohort: classes per arm and scheme, uncertainty vs probability of "
+    "being inside, registration quality, patients with open issues.",
+    group_name=COHORT,
+    kinds={"plotly", "html"},
+    automation_condition=COHORT_AUTOMATION,
+)
+def cohort_dashboard(paths: RtmapPaths) -> dg.MaterializeResult:
+    with duckdb.connect(str(paths.duckdb_path), read_only=True) as con:
+        summary = con.sql("select * from main.patient_summary").pl()
+        by_arm = con.sql("select * from main.classification_by_arm").pl()
+    out = build_cohort_dashboard(summary, by_arm, paths.lake.root / "dashboards" / "cohort_dashboard.html")
+    return dg.MaterializeResult(metadata={"path": dg.MetadataValue.path(str(out)), "patients": summary.height,
+                                          "classified": int(summary["classified"].sum()) if summary.height else 0})
+
+
+@dg.definitions
+def warehouse_resources() -> dg.Definitions:
+    return dg.Definitions(resources={"dbt": DbtCliResource(project_dir=dbt_project, profiles_dir=str(DBT_DIR),
+                                                               dbt_executable=DBT_EXECUTABLE)})

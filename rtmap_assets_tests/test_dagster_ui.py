@@ -1,0 +1,59 @@
+"""The real web UI: start dagster-webserver on a free loopback port, open the asset graph in
+headless Chromium and find the asset names in the rendered page."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.slow, pytest.mark.browser]
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.skipif(CHROMIUM is None and not os.environ.get("CI"), reason="Debian chromium not installed")
+def test_asset_graph_in_chromium(tmp_path):
+    assert CHROMIUM, "CI must install chromium (scripts/test.sh does)"
+    port = _free_port()
+    env = {**os.environ, "DAGSTER_HOME": str(tmp_path / "home"), "RTMAP_DATA_DIR": str(tmp_path / "data")}
+    (tmp_path / "home").mkdir()
+    server = subprocess.Popen(
+        [str(Path(sys.executable).with_name("dagster-webserver")), "-h", "127.0.0.1", "-p", str(port),
+         "-w", str(ROOT / "workspace.yaml")],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=2):
+                    break
+            except OSError:
+                assert server.poll() is None, "dagster-webserver exited"
+                assert time.time() < deadline, "dagster-webserver did not come up"
+                time.sleep(1)
+        dom = subprocess.run(
+            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'chrome'}", "--virtual-time-budget=30000", "--window-size=1600,1200",
+             "--dump-dom", f"http://127.0.0.1:{port}/asset-groups"],
+            capture_output=True, text=True, timeout=180).stdout
+        for name in ("dicom_files", "patient_manifest", "registration_qc", "recurrence_classification",
+                     "cohort_dashboard"):
+            assert name in dom, f"{name} not on the asset graph page"
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Set up rtmap on a fresh machine (Python 3.11 + pip + root): a venv in .venv with the pinned stack.
+#   scripts/setup.sh            runtime + test dependencies
+#   RTMAP_SYSTEM_PACKAGES=1     also apt-get Debian's chromium (UI test) and elastix (seed engine)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3.11}
+command -v "$PY" >/dev/null || PY=python3
+
+if ! "$PY" -m uv --version >/dev/null 2>&1; then
+  "$PY" -m pip install --quiet --disable-pip-version-check uv   # uv installs the stack ~10x faster than pip
+fi
+[ -x .venv/bin/python ] || "$PY" -m uv venv --quiet --python "$PY" .venv
+"$PY" -m uv pip install --quiet --python .venv/bin/python -r requirements/dev.txt
+# scikit-rt's metadata pins 112 old versions: install it alone, its real imports come from base.txt.
+"$PY" -m uv pip install --quiet --python .venv/bin/python --no-deps scikit-rt==0.8.2
+"$PY" -m uv pip install --quiet --python .venv/bin/python --no-deps -e .
+
+if [ "${RTMAP_SYSTEM_PACKAGES:-0}" = 1 ]; then
+  need=()
+  command -v chromium >/dev/null || need+=(chromium chromium-driver)
+  command -v elastix >/dev/null || need+=(elastix)
+  if [ ${#need[@]} -gt 0 ]; then
+    SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+    $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+  fi
+fi
+
+# dagster-dbt reads the dbt manifest when the code location loads: build it once here (offline).
+(cd dbt_models && DBT_SEND_ANONYMOUS_USAGE_STATS=false ../.venv/bin/dbt parse --quiet --profiles-dir .)
+echo "rtmap set up in .venv ($(.venv/bin/python --version))"
