@@ -1,0 +1,62 @@
+"""Lake writes are atomic, issues replace per stage, covariates keep only whitelisted columns,
+and alias matching is case-insensitive with wildcards."""
+
+from __future__ import annotations
+
+import polars as pl
+import pytest
+
+from rtmap_assets.lake import Lake, atomic_write, write_parquet
+from rtmap_assets.naming import first_match, match_aliases
+from rtmap_assets.pipeline.covariates import read_covariates
+from rtmap_assets.pipeline.issues import read_issues, record_issues
+
+
+def test_failed_write_leaves_previous_file_and_no_temp(tmp_path):
+    target = tmp_path / "t" / "data.parquet"
+    write_parquet(pl.DataFrame({"a": [1]}), target)
+
+    def boom(tmp):
+        tmp.write_bytes(b"half a file")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        atomic_write(target, boom)
+    assert pl.read_parquet(target)["a"].to_list() == [1]
+    assert [p.name for p in target.parent.iterdir()] == ["data.parquet"]
+
+
+def test_lake_reads_patient_partitions(tmp_path):
+    lake = Lake(tmp_path)
+    lake.write_patient_table("t", "P1", pl.DataFrame({"patient_id": ["P1"], "x": [1.0]}))
+    lake.write_patient_table("t", "P2", pl.DataFrame({"patient_id": ["P2"], "x": [2.0], "y": ["new"]}))
+    df = lake.read_table("t").sort("patient_id")
+    assert df["x"].to_list() == [1.0, 2.0] and df["y"].to_list() == [None, "new"]
+    assert lake.read_table("missing").is_empty()
+
+
+def test_issues_replace_per_stage(tmp_path):
+    lake = Lake(tmp_path)
+    record_issues(lake, "P1", "imaging", [{"code": "X", "message": "bad", "file": "f.dcm"}])
+    record_issues(lake, "P1", "manifest", [{"code": "NO_RTDOSE", "message": "no dose", "file": None}])
+    assert sorted(read_issues(lake)["code"].to_list()) == ["NO_RTDOSE", "X"]
+    record_issues(lake, "P1", "imaging", [])  # solved
+    assert read_issues(lake)["code"].to_list() == ["NO_RTDOSE"]
+
+
+def test_covariates_drop_identifying_columns(tmp_path):
+    csv = tmp_path / "c.csv"
+    csv.write_text("patient_id,arm,patient_name,birth_date,months_to_relapse\nP1,A,Doe^John,19600101,14\n")
+    df, dropped = read_covariates(csv)
+    assert dropped == ["patient_name", "birth_date"]
+    assert "patient_name" not in df.columns and df["months_to_relapse"].to_list() == [14.0]
+    assert read_covariates(tmp_path / "none.csv")[0].is_empty()
+
+
+def test_alias_matching():
+    names = ["BODY", "ctv_65Gy", "CTV 60", "Thyroid_Cartilage", "Rec_CT"]
+    assert first_match(names, ["*CTV*65*"]) == ("ctv_65Gy", "*CTV*65*")
+    assert first_match(names, ["Rec_CT", "*recurrence*"]) == ("Rec_CT", "Rec_CT")
+    assert first_match(names, ["*thy*"]) == ("Thyroid_Cartilage", "*thy*")
+    assert match_aliases(names, ["*ctv*"]) == [("ctv_65Gy", "*ctv*"), ("CTV 60", "*ctv*")]
+    assert first_match(names, ["*parotid*"]) is None
