@@ -34,6 +34,9 @@ class PatientVolumes:
     image: sitk.Image  # planning image on the working grid (HU, float32)
     dose: sitk.Image | None  # Gy, float32, on the same grid; None if the patient has no RTDOSE
     structures: list[StructureMask] = field(default_factory=list)
+    # uint8 mask of the working-grid voxels inside the RTDOSE's own extent (the resampled dose is 0
+    # beyond it); None = the dose covers the whole grid. Lets dosimetry flag "outside the dose grid".
+    dose_support: sitk.Image | None = None
 
     def find(self, role: Role, space: Space | None = None) -> list[StructureMask]:
         return [s for s in self.structures if s.role == role and (space is None or s.space == space)]
@@ -48,6 +51,9 @@ class PatientVolumes:
         if self.dose is not None:
             sitk.WriteImage(self.dose, str(folder / "dose.nii.gz"), useCompression=True)
             paths["dose"] = str(folder / "dose.nii.gz")
+        if self.dose_support is not None:
+            sitk.WriteImage(self.dose_support, str(folder / "dose_support.nii.gz"), useCompression=True)
+            paths["dose_support"] = str(folder / "dose_support.nii.gz")
         index = []
         for i, s in enumerate(self.structures):
             fname = f"masks/{s.space}_{i:02d}_{_safe(s.name)}.nii.gz"
@@ -56,7 +62,8 @@ class PatientVolumes:
             index.append({"name": s.name, "role": s.role, "space": s.space,
                           "matched_alias": s.matched_alias, "file": fname})
         (folder / "volumes.json").write_text(json.dumps(
-            {"patient_id": self.patient_id, "has_dose": self.dose is not None, "structures": index}, indent=1))
+            {"patient_id": self.patient_id, "has_dose": self.dose is not None,
+             "has_dose_support": self.dose_support is not None, "structures": index}, indent=1))
         return paths
 
     @classmethod
@@ -70,7 +77,9 @@ class PatientVolumes:
                           mask=sitk.ReadImage(str(folder / s["file"]), sitk.sitkUInt8))
             for s in meta["structures"]
         ]
-        return cls(patient_id=meta["patient_id"], image=image, dose=dose, structures=structures)
+        support = (sitk.ReadImage(str(folder / "dose_support.nii.gz"), sitk.sitkUInt8)
+                   if meta.get("has_dose_support") else None)
+        return cls(patient_id=meta["patient_id"], image=image, dose=dose, structures=structures, dose_support=support)
 
 
 def _safe(name: str) -> str:

@@ -1,0 +1,106 @@
+"""Registration uncertainty and the sphere radius policy (DESIGN.md rule 5).
+
+The uncertainty of one patient is the distance between the landmark's centroid drawn on the
+planning image and the centroid of the same landmark drawn on the relapse image and mapped to
+planning space: a perfect registration puts them on top of each other.
+
+The radius policy turns uncertainties into a sphere radius: `fixed` (the seed: 5 mm), `patient`
+(the patient's own distance) or `cohort` (a percentile of all patients' distances, so the cohort
+asset recomputes it when the cohort changes). Whatever the policy, the radius is never below one
+voxel of the working grid: a smaller sphere would hold at most one voxel centre.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import SimpleITK as sitk
+
+from rtmap_assets.config import Uncertainty
+from rtmap_assets.dosimetry.regions import mask_centroid_mm
+from rtmap_assets.errors import PatientDataError
+from rtmap_assets.pipeline.volumes import PatientVolumes
+
+Policy = Literal["fixed", "patient", "cohort"]
+
+
+def landmark_distance_mm(planning_centroid_mm: np.ndarray, mapped_centroid_mm: np.ndarray) -> float:
+    """Euclidean distance (mm) between the planning and the mapped landmark centroids."""
+    return float(np.linalg.norm(np.asarray(planning_centroid_mm, float) - np.asarray(mapped_centroid_mm, float)))
+
+
+def min_radius_mm(grid: sitk.Image | Sequence[float]) -> float:
+    """One voxel: the largest grid spacing (the working grid is isotropic, so simply its spacing)."""
+    spacing = grid.GetSpacing() if isinstance(grid, sitk.Image) else grid
+    return float(max(spacing))
+
+
+def patient_uncertainty_mm(volumes: PatientVolumes) -> float:
+    """Landmark distance of one patient; raises PatientDataError when a landmark is missing or empty."""
+    planning = volumes.find("landmark", "planning")
+    mapped = volumes.find("landmark", "mapped")
+    if len(planning) != 1 or len(mapped) != 1:
+        raise PatientDataError(
+            "landmark_missing",
+            f"need exactly one planning and one mapped landmark structure, found "
+            f"{len(planning)} planning ({[s.name for s in planning]}) and {len(mapped)} mapped "
+            f"({[s.name for s in mapped]})",
+            stage="dosimetry",
+        )
+    c_plan = mask_centroid_mm(planning[0].mask)
+    c_map = mask_centroid_mm(mapped[0].mask)
+    if c_plan is None or c_map is None:
+        which = planning[0].name if c_plan is None else mapped[0].name
+        raise PatientDataError("landmark_empty", f"landmark structure '{which}' is empty on the working grid",
+                               stage="dosimetry")
+    return landmark_distance_mm(c_plan, c_map)
+
+
+def cohort_radius(distances: Sequence[float], percentile: float, min_radius: float) -> float:
+    """Percentile (linear interpolation) of the cohort's landmark distances, floored at one voxel.
+
+    NaNs (patients without a landmark) are ignored; with no usable distance at all the radius
+    cannot be derived and a ValueError is raised (a cohort-level problem, not one patient's).
+    """
+    d = np.asarray(list(distances), dtype=float)
+    d = d[np.isfinite(d)]
+    if d.size == 0:
+        raise ValueError("cohort radius: no patient has a landmark distance")
+    if not 0 <= percentile <= 100:
+        raise ValueError(f"cohort radius: percentile must be in [0, 100], got {percentile}")
+    return max(float(np.percentile(d, percentile)), float(min_radius))
+
+
+@dataclass(frozen=True)
+class RadiusDecision:
+    radius_mm: float
+    policy: Policy
+    floored: bool  # True when the policy's value was below one voxel and was raised to it
+
+
+def sphere_radius(
+    policy_config: Uncertainty,
+    *,
+    min_radius: float,
+    patient_distance_mm: float | None = None,
+    cohort_radius_mm: float | None = None,
+) -> RadiusDecision:
+    """Sphere radius for one patient under the configured policy, never below `min_radius` (one voxel)."""
+    policy = policy_config.policy
+    if policy == "fixed":
+        raw = policy_config.radius_mm
+    elif policy == "patient":
+        if patient_distance_mm is None or not np.isfinite(patient_distance_mm):
+            raise PatientDataError("landmark_missing", "radius policy 'patient' needs the patient's landmark distance",
+                                   stage="dosimetry")
+        raw = float(patient_distance_mm)
+    elif policy == "cohort":
+        if cohort_radius_mm is None:
+            raise ValueError("radius policy 'cohort' needs the cohort radius (see cohort_radius)")
+        raw = float(cohort_radius_mm)
+    else:  # pragma: no cover - the config model restricts the literal
+        raise ValueError(f"unknown radius policy {policy!r}")
+    return RadiusDecision(radius_mm=max(raw, float(min_radius)), policy=policy, floored=raw < min_radius)

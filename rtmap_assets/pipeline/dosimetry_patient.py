@@ -1,0 +1,270 @@
+"""One patient's dosimetry, end to end, without Dagster (DESIGN.md rules 5–14).
+
+Input: the imaging stage's `PatientVolumes` (everything on the planning working grid), the trial
+configuration, the sphere radius and σ (decided by the radius policy, possibly from the cohort, so
+they come from outside) and optionally the arm named by the trial covariates.
+Output: the `dose_statistics` rows (long format, one per structure), the `recurrence_classification`
+rows (one per level, every scheme side by side), the overlay figure, and the non-fatal issues
+(e.g. arm unassigned) as `pipeline_issues` rows. Fatal problems raise `PatientDataError`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import SimpleITK as sitk
+
+from rtmap_assets.config import LEVELS, TrialConfig
+from rtmap_assets.dosimetry import arm as arm_mod
+from rtmap_assets.dosimetry import classification as cls
+from rtmap_assets.dosimetry.dose_statistics import STAT_COLUMNS, structure_statistics
+from rtmap_assets.dosimetry.probability import probability_inside
+from rtmap_assets.dosimetry.regions import mask_array, recurrence_centroid, sphere, voxel_volume_cc
+from rtmap_assets.dosimetry.uncertainty import min_radius_mm, patient_uncertainty_mm
+from rtmap_assets.errors import PatientDataError
+from rtmap_assets.figures.overlay import OverlayContext, render_overlay
+from rtmap_assets.lake import atomic_write
+from rtmap_assets.pipeline.volumes import PatientVolumes
+
+log = logging.getLogger(__name__)
+STAGE = "dosimetry"
+
+CLASSIFICATION_SCHEMA: dict[str, pl.DataType] = {
+    "patient_id": pl.String, "trial": pl.String, "level": pl.String,
+    "prescription_gy": pl.Float64, "level_present": pl.Boolean,
+    "arm": pl.String, "arm_source": pl.String, "arm_from_dose": pl.String, "arm_mismatch": pl.Boolean,
+    "ctv_mean_dose_gy": pl.Float64,
+    "uncertainty_mm": pl.Float64, "radius_mm": pl.Float64, "radius_policy": pl.String,
+    "centroid_x_mm": pl.Float64, "centroid_y_mm": pl.Float64, "centroid_z_mm": pl.Float64,
+    "centroid_dose_gy": pl.Float64, "centroid_in_dose_grid": pl.Boolean, "centroid_class": pl.Int32,
+    "sphere_fraction": pl.Float64, "volume_class": pl.Int32,
+    "dawson_fraction": pl.Float64, "dawson_class": pl.String,
+    "mohamed_type": pl.String, "probability_inside": pl.Float64,
+    # traceability beyond the contract's columns
+    "ctv_name": pl.String, "sigma_mm": pl.Float64, "sphere_voxels_outside_dose_grid": pl.Int32,
+    "mohamed_reason": pl.String,
+}
+DOSE_STATISTICS_SCHEMA: dict[str, pl.DataType] = {
+    "patient_id": pl.String, "structure": pl.String, "role": pl.String, "level": pl.String,
+    **{c: pl.Float64 for c in STAT_COLUMNS},
+}
+
+
+@dataclass
+class DosimetryResult:
+    dose_statistics: pl.DataFrame
+    classification: pl.DataFrame
+    figure_path: Path | None
+    issues: list[dict[str, str | None]] = field(default_factory=list)  # pipeline_issues rows (non-fatal)
+
+
+def _single_mapped_recurrence(volumes: PatientVolumes):
+    rec = volumes.find("recurrence", "mapped")
+    if not rec:
+        raise PatientDataError("no_recurrence", "no mapped recurrence structure in the patient's volumes", stage=STAGE)
+    if len(rec) > 1:
+        raise PatientDataError("ambiguous_recurrence",
+                               f"several mapped recurrence structures {[s.name for s in rec]}: which one is the rGTV?",
+                               stage=STAGE)
+    return rec[0]
+
+
+def _check_one_grid(volumes: PatientVolumes) -> None:
+    """Masks index the dose array voxel for voxel: they must share its grid (the imaging stage's contract)."""
+    ref = volumes.dose
+    others = [(s.name, s.mask) for s in volumes.structures]
+    if volumes.dose_support is not None:
+        others.append(("dose_support", volumes.dose_support))
+    for name, img in others:
+        same = (img.GetSize() == ref.GetSize()
+                and np.allclose(img.GetOrigin(), ref.GetOrigin(), atol=1e-3)
+                and np.allclose(img.GetSpacing(), ref.GetSpacing(), atol=1e-6)
+                and np.allclose(img.GetDirection(), ref.GetDirection(), atol=1e-6))
+        if not same:
+            raise PatientDataError("grid_mismatch", f"structure '{name}' is not on the dose's working grid", stage=STAGE)
+
+
+def _issue(volumes: PatientVolumes, code: str, message: str) -> dict[str, str | None]:
+    return PatientDataError(code, message, stage=STAGE).as_issue(volumes.patient_id)
+
+
+def _class_summary(rows: list[dict], mohamed: str | None) -> str:
+    parts = []
+    for r in rows:
+        if r["level_present"]:
+            parts.append(f"{r['level']} {r['prescription_gy']:g} Gy: centroid {r['centroid_class']}, "
+                         f"volume {r['volume_class']}, Dawson {r['dawson_class']}")
+    return " | ".join(parts + [f"Mohamed {mohamed}"])
+
+
+def run_dosimetry(
+    volumes: PatientVolumes,
+    config: TrialConfig,
+    *,
+    radius_mm: float,
+    sigma_mm: float,
+    covariate_arm: str | None = None,
+    figure_path: Path | None = None,
+) -> DosimetryResult:
+    """Arm, sphere, classifications, probabilities and dose statistics for one patient."""
+    if volumes.dose is None:
+        raise PatientDataError("no_dose", "the patient has no RTDOSE on the working grid", stage=STAGE)
+    dose = volumes.dose
+    _check_one_grid(volumes)
+    th = config.thresholds
+    frac = th.isodose_fraction
+    issues: list[dict[str, str | None]] = []
+
+    rec = _single_mapped_recurrence(volumes)
+    centre = recurrence_centroid(rec.mask, rec.name)
+
+    ctvs = volumes.find("ctv", "planning")
+    decision = arm_mod.determine_arm(ctvs, dose, config, covariate_arm)
+    if decision.arm_mismatch:
+        issues.append(_issue(volumes, "arm_mismatch",
+                             f"covariates name arm {decision.arm}, the dose says {decision.arm_from_dose} "
+                             f"(mean {decision.ctv_mean_dose_gy} Gy in {decision.ctv_name})"))
+    prescriptions = config.prescriptions(decision.arm) if decision.resolved else None
+    if prescriptions is None:
+        detail = f"tied arms {list(decision.candidates)}" if decision.arm == arm_mod.AMBIGUOUS else "no arm fits"
+        issues.append(_issue(volumes, f"arm_{decision.arm}",
+                             f"arm {decision.arm} from dose ({detail}; CTV {decision.ctv_name}, "
+                             f"mean {decision.ctv_mean_dose_gy} Gy): classes left empty"))
+    level_ctv = arm_mod.level_ctvs(ctvs, prescriptions, config) if prescriptions else {lvl: None for lvl in LEVELS}
+    if prescriptions:
+        for lvl in LEVELS:
+            if prescriptions[lvl] > 0 and level_ctv[lvl] is None:
+                issues.append(_issue(volumes, "ctv_missing",
+                                     f"no CTV matches {config.aliases.ctv_for_dose(prescriptions[lvl])} "
+                                     f"for the {lvl} level ({prescriptions[lvl]:g} Gy)"))
+
+    try:
+        uncertainty = patient_uncertainty_mm(volumes)
+    except PatientDataError as exc:
+        uncertainty = None
+        issues.append(exc.as_issue(volumes.patient_id, STAGE))
+
+    floor = min_radius_mm(dose)
+    if radius_mm < floor:
+        log.info("%s: radius %.2f mm raised to one voxel (%.2f mm)", volumes.patient_id, radius_mm, floor)
+    radius = max(float(radius_mm), floor)
+    sph = sphere(dose, centre, radius)
+    outside_dose = sph.n_outside_grid
+    if volumes.dose_support is not None:
+        outside_dose += int(np.count_nonzero(mask_array(sph.mask) & ~mask_array(volumes.dose_support)))
+    if outside_dose:
+        log.info("%s: %d of %d sphere voxels lie outside the dose grid (dose 0)",
+                 volumes.patient_id, outside_dose, sph.n_voxels)
+    c_dose, c_in_grid = cls.centroid_dose(dose, centre, volumes.dose_support)
+    if not c_in_grid:
+        issues.append(_issue(volumes, "centroid_outside_dose_grid",
+                             f"recurrence centroid {np.round(centre, 1).tolist()} mm lies outside the dose grid: dose 0"))
+
+    mohamed = cls.MohamedResult(None, "arm not resolved")
+    probs: dict[str, float | None] = {lvl: None for lvl in LEVELS}
+    if prescriptions:
+        masks = {lvl: (s.mask if s is not None else None) for lvl, s in level_ctv.items()}
+        mohamed = cls.mohamed_type(centre, c_dose, prescriptions, masks, frac)
+        if mohamed.type is None:
+            issues.append(_issue(volumes, "mohamed_undecided", mohamed.reason))
+        probs = probability_inside(dose, centre, sigma_mm, prescriptions, frac,
+                                   samples=config.probability.samples, seed=config.probability.seed)
+
+    rows = []
+    for lvl in LEVELS:
+        p = prescriptions[lvl] if prescriptions else None
+        present = None if p is None else p > 0
+        sf = cls.sphere_fraction(dose, sph, p, frac) if present else None
+        df = cls.dawson_fraction(dose, rec.mask, p, frac) if present else None
+        rows.append({
+            "patient_id": volumes.patient_id, "trial": config.trial, "level": lvl,
+            "prescription_gy": p, "level_present": present,
+            "arm": decision.arm, "arm_source": decision.arm_source, "arm_from_dose": decision.arm_from_dose,
+            "arm_mismatch": decision.arm_mismatch, "ctv_mean_dose_gy": decision.ctv_mean_dose_gy,
+            "uncertainty_mm": uncertainty, "radius_mm": radius, "radius_policy": config.uncertainty.policy,
+            "centroid_x_mm": float(centre[0]), "centroid_y_mm": float(centre[1]), "centroid_z_mm": float(centre[2]),
+            "centroid_dose_gy": c_dose, "centroid_in_dose_grid": c_in_grid,
+            "centroid_class": cls.centroid_class(c_dose, p, frac) if present else None,
+            "sphere_fraction": sf, "volume_class": cls.volume_class(sf, th.volume_inside_fraction),
+            "dawson_fraction": df, "dawson_class": cls.dawson_class(df, th),
+            "mohamed_type": mohamed.type, "probability_inside": probs.get(lvl) if present else None,
+            "ctv_name": level_ctv[lvl].name if level_ctv[lvl] is not None else None,
+            "sigma_mm": float(sigma_mm), "sphere_voxels_outside_dose_grid": outside_dose,
+            "mohamed_reason": mohamed.reason,
+        })
+    classification = pl.DataFrame(rows, schema=CLASSIFICATION_SCHEMA)
+
+    stats = _dose_statistics(volumes, config, prescriptions, level_ctv, rec, sph)
+
+    written = None
+    if figure_path is not None:
+        ctx = OverlayContext(
+            patient_id=volumes.patient_id, arm=decision.arm, centroid_mm=tuple(float(v) for v in centre),
+            recurrence=rec.mask, sphere=sph.mask,
+            ctvs={lvl: s.mask for lvl, s in level_ctv.items() if s is not None},
+            prescriptions=prescriptions, isodose_fraction=frac,
+            class_summary=_class_summary(rows, mohamed.type),
+        )
+        written = render_overlay(volumes, ctx, Path(figure_path))
+    return DosimetryResult(dose_statistics=stats, classification=classification, figure_path=written, issues=issues)
+
+
+def _dose_statistics(volumes, config, prescriptions, level_ctv, rec, sph) -> pl.DataFrame:
+    """Long table: every planning CTV, every organ, the mapped rGTV and the sphere."""
+    dose_arr = sitk.GetArrayViewFromImage(volumes.dose)
+    vcc = voxel_volume_cc(volumes.dose)
+    frac = config.thresholds.isodose_fraction
+    bw = config.dose_statistics.bin_width_gy
+    level_of = {s.name: lvl for lvl, s in level_ctv.items() if s is not None}
+    rows = []
+
+    def add(name: str, role: str, level: str | None, doses: np.ndarray) -> None:
+        stats = structure_statistics(doses, vcc, prescriptions, frac, bw)
+        rows.append({"patient_id": volumes.patient_id, "structure": name, "role": role, "level": level, **stats})
+
+    for s in volumes.find("ctv", "planning"):
+        add(s.name, "ctv", level_of.get(s.name), dose_arr[mask_array(s.mask)])
+    for s in volumes.find("organ", "planning"):
+        add(s.name, "organ", None, dose_arr[mask_array(s.mask)])
+    add(rec.name, "recurrence", None, dose_arr[mask_array(rec.mask)])
+    # Sphere voxels beyond the grid edge count with dose 0, as in the volume class.
+    add("sphere", "sphere", None,
+        np.concatenate([dose_arr[mask_array(sph.mask)], np.zeros(sph.n_outside_grid, dtype=dose_arr.dtype)]))
+    return pl.DataFrame(rows, schema=DOSE_STATISTICS_SCHEMA)
+
+
+SEED_COLUMNS: dict[str, str] = {  # seed-style name <- recurrence_classification column
+    "patient": "patient_id", "arm": "arm", "level": "level", "prescription": "prescription_gy",
+    "centroid_class": "centroid_class", "volume_class": "volume_class",
+    # beyond the seed
+    "level_present": "level_present", "arm_source": "arm_source", "arm_mismatch": "arm_mismatch",
+    "centroid_dose_gy": "centroid_dose_gy", "centroid_in_dose_grid": "centroid_in_dose_grid",
+    "sphere_fraction": "sphere_fraction", "radius_mm": "radius_mm",
+    "dawson_fraction": "dawson_fraction", "dawson_class": "dawson_class",
+    "mohamed_type": "mohamed_type", "probability_inside": "probability_inside",
+}
+
+
+def seed_csv_rows(classifications: pl.DataFrame) -> pl.DataFrame:
+    """The classification rows in the seed's CSV shape (seed-style names first, then rtmap's additions)."""
+    return classifications.select([pl.col(src).alias(dst) for dst, src in SEED_COLUMNS.items()])
+
+
+def write_seed_csvs(classifications: pl.DataFrame, out_dir: Path, trial: str, *, per_patient: bool = True) -> list[Path]:
+    """The seed's CSVs for the rows of `trial` (atomic writes); returns the paths written.
+
+    per_patient=True: one `<patient>_classifications.csv` per patient in the frame (the per-patient
+    asset, which only holds its own rows); per_patient=False: `<trial>_all_classifications.csv` (the
+    cohort asset, which holds every patient). Kept apart so a patient run never overwrites the
+    cohort file with one patient's rows.
+    """
+    out_dir = Path(out_dir)
+    rows = seed_csv_rows(classifications.filter(pl.col("trial") == trial).sort("patient_id", maintain_order=True))
+    if not per_patient:
+        return [atomic_write(out_dir / f"{trial}_all_classifications.csv", lambda tmp: rows.write_csv(tmp))]
+    return [atomic_write(out_dir / f"{patient}_classifications.csv", lambda tmp, d=part: d.write_csv(tmp))
+            for (patient,), part in rows.group_by("patient", maintain_order=True)]

@@ -1,0 +1,110 @@
+"""Rules 6–7: sphere (voxel-centre occupancy, grid edge), isodose regions, centroids, dose support."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from rtmap_assets.dosimetry.regions import (
+    dose_support_mask,
+    isodose_region,
+    isodose_regions,
+    mask_array,
+    mask_centroid_mm,
+    point_in_mask,
+    recurrence_centroid,
+    sphere,
+)
+from rtmap_assets.errors import PatientDataError
+
+
+def grid(size=(20, 20, 20), spacing=2.0, origin=(0.0, 0.0, 0.0), direction=None) -> sitk.Image:
+    img = sitk.Image(size, sitk.sitkFloat32)
+    img.SetSpacing((spacing,) * 3)
+    img.SetOrigin(origin)
+    if direction is not None:
+        img.SetDirection(direction)
+    return img
+
+
+def brute_force_count(ref: sitk.Image, centre, r) -> int:
+    n = 0
+    for k in range(ref.GetSize()[2]):
+        for j in range(ref.GetSize()[1]):
+            for i in range(ref.GetSize()[0]):
+                p = np.asarray(ref.TransformIndexToPhysicalPoint((i, j, k)))
+                n += np.sum((p - centre) ** 2) <= r * r
+    return n
+
+
+def test_sphere_voxel_centre_occupancy_matches_brute_force():
+    ref = grid()
+    centre = np.array([19.0, 17.3, 21.0])
+    s = sphere(ref, centre, 5.0)
+    assert s.n_outside_grid == 0
+    assert s.n_voxels == int(mask_array(s.mask).sum()) == brute_force_count(ref, centre, 5.0)
+    # a sphere through voxel centres: the six neighbours at exactly r are in (≤ r)
+    s2 = sphere(ref, np.array([20.0, 20.0, 20.0]), 2.0)
+    assert s2.n_voxels == 7
+    assert s2.volume_cc == pytest.approx(7 * 0.008)
+
+
+def test_sphere_with_rotated_direction_matches_brute_force():
+    d = (0.0, -1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0)  # 90° about z
+    ref = grid(direction=d, origin=(30.0, -5.0, 0.0))
+    centre = np.array(ref.TransformContinuousIndexToPhysicalPoint((9.3, 10.1, 8.7)))
+    assert sphere(ref, centre, 6.0).n_voxels == brute_force_count(ref, centre, 6.0)
+
+
+def test_sphere_crossing_the_grid_edge_counts_the_outside_voxels():
+    ref = grid()
+    inside = sphere(ref, np.array([20.0, 20.0, 20.0]), 5.0).n_voxels
+    edge = sphere(ref, np.array([0.0, 20.0, 20.0]), 5.0)  # centred on the first voxel plane
+    assert edge.n_voxels == inside  # same lattice shape, nothing lost
+    assert 0 < edge.n_outside_grid < edge.n_voxels
+    assert edge.n_inside_grid == int(mask_array(edge.mask).sum())
+    far = sphere(ref, np.array([-50.0, 20.0, 20.0]), 5.0)  # wholly outside
+    assert far.n_outside_grid == far.n_voxels > 0 and not mask_array(far.mask).any()
+
+
+def test_sphere_rejects_non_positive_radius():
+    with pytest.raises(ValueError):
+        sphere(grid(), np.zeros(3), 0.0)
+
+
+def test_isodose_regions_and_absent_levels():
+    dose = grid(size=(10, 1, 1))
+    arr = np.arange(10, dtype=np.float32).reshape(1, 1, 10) * 10  # 0..90 Gy
+    d = sitk.GetImageFromArray(arr)
+    d.CopyInformation(dose)
+    r = isodose_region(d, 60.0, 0.95)  # ≥ 57 Gy: 60, 70, 80, 90
+    assert mask_array(r).sum() == 4
+    regions = isodose_regions(d, {"low": 0.0, "intermediate": 40.0, "high": 60.0}, 0.95)
+    assert regions["low"] is None and mask_array(regions["intermediate"]).sum() == 6  # ≥ 38
+
+
+def test_centroid_point_in_mask_and_empty_recurrence():
+    m = grid()
+    m = sitk.Cast(m, sitk.sitkUInt8)
+    m[3, 4, 5] = 1
+    m[5, 4, 5] = 1
+    assert mask_centroid_mm(m) == pytest.approx([8.0, 8.0, 10.0])
+    assert point_in_mask(m, np.array([6.2, 8.4, 9.6])) and not point_in_mask(m, np.array([8.0, 8.0, 10.0]))
+    assert not point_in_mask(m, np.array([-10.0, 8.0, 10.0]))
+    empty = sitk.Cast(grid(), sitk.sitkUInt8)
+    assert mask_centroid_mm(empty) is None
+    with pytest.raises(PatientDataError) as err:
+        recurrence_centroid(empty, "Rec_CT")
+    assert err.value.code == "EMPTY_RECURRENCE"
+
+
+def test_dose_support_mask_covers_the_native_extent():
+    native = grid(size=(5, 10, 10), spacing=3.0, origin=(0.0, 0.0, 0.0))  # voxels span x ∈ [-1.5, 13.5]
+    ref = grid(size=(20, 20, 20), spacing=2.0, origin=(-4.0, 0.0, 0.0))  # x centres -4, -2, ..., 34
+    sup = mask_array(dose_support_mask(native, ref))
+    xs = -4.0 + 2.0 * np.arange(20)
+    expected_x = (xs >= -1.5) & (xs <= 13.5)
+    assert np.array_equal(sup[5, 5, :], expected_x)
+    ys = 2.0 * np.arange(20)
+    assert np.array_equal(sup[5, :, 3], ys <= 28.5)
