@@ -87,7 +87,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     defs = load_defs()
     instance = dg.DagsterInstance.get()
     print(f"[2/4] catalog + manifest (Dagster instance {os.environ['DAGSTER_HOME']})")
-    defs.get_job_def("bronze_job").execute_in_process(instance=instance)
+    defs.resolve_job_def("bronze_job").execute_in_process(instance=instance)
     lake = Lake(data_dir / "lake")
     manifest = lake.read_table("patient_manifest")
     files = lake.read_table("dicom_files")
@@ -98,7 +98,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     instance.add_dynamic_partitions("patients", [p for p in ready if not instance.has_dynamic_partition("patients", p)])
 
     print(f"[3/4] per-patient runs ({len(ready)})")
-    job = defs.get_job_def("patient_job")
+    job = defs.resolve_job_def("patient_job")
     for i, pid in enumerate(ready, 1):
         t = time.perf_counter()
         result = job.execute_in_process(instance=instance, partition_key=pid, raise_on_error=False)
@@ -106,7 +106,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         print(f"      [{i}/{len(ready)}] {pid}: {status} in {time.perf_counter() - t:.1f} s", flush=True)
 
     print("[4/4] cohort: uncertainty, seed CSV, dbt models, dashboard")
-    defs.get_job_def("cohort_job").execute_in_process(instance=instance, raise_on_error=False)
+    defs.resolve_job_def("cohort_job").execute_in_process(instance=instance, raise_on_error=False)
 
     duck = data_dir / "rtmap.duckdb"
     with duckdb.connect(str(duck), read_only=True) as con:

@@ -22,9 +22,9 @@ def test_cohort_follows_patients(data_dir, monkeypatch):
 
     defs = load_defs()
     instance = dg.DagsterInstance.ephemeral()
-    defs.get_job_def("bronze_job").execute_in_process(instance=instance)
+    defs.resolve_job_def("bronze_job").execute_in_process(instance=instance)
     instance.add_dynamic_partitions("patients", ["SYN-001", "SYN-002", "SYN-NEVER"])  # SYN-NEVER has no data
-    patient_job = defs.get_job_def("patient_job")
+    patient_job = defs.resolve_job_def("patient_job")
     patient_job.execute_in_process(instance=instance, partition_key="SYN-001")
 
     first = dg.evaluate_automation_conditions(defs=defs, instance=instance)

@@ -45,7 +45,7 @@ def test_sensor_new_unchanged_changed(env):
     r1 = _tick(instance, None, data_dir)
     assert [r.job_name for r in r1.run_requests] == ["bronze_job"]
     assert not r1.dynamic_partitions_requests  # nothing catalogued yet
-    defs.get_job_def("bronze_job").execute_in_process(instance=instance)
+    defs.resolve_job_def("bronze_job").execute_in_process(instance=instance)
 
     r2 = _tick(instance, r1.cursor, data_dir)
     assert [(r.job_name, r.partition_key) for r in r2.run_requests] == [("patient_job", "SYN-001")]
@@ -59,7 +59,7 @@ def test_sensor_new_unchanged_changed(env):
     r4 = _tick(instance, r3.cursor, data_dir)
     assert [r.job_name for r in r4.run_requests] == ["bronze_job"]
     assert exports[1] in r4.run_requests[0].tags["rtmap/changed_exports"]
-    defs.get_job_def("bronze_job").execute_in_process(instance=instance)
+    defs.resolve_job_def("bronze_job").execute_in_process(instance=instance)
     r5 = _tick(instance, r4.cursor, data_dir)
     assert [(r.job_name, r.partition_key) for r in r5.run_requests] == [("patient_job", "SYN-002")]
 
@@ -69,7 +69,7 @@ def test_sensor_new_unchanged_changed(env):
     os.utime(dose, ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000_000))
     r6 = _tick(instance, r5.cursor, data_dir)
     assert [r.job_name for r in r6.run_requests] == ["bronze_job"]
-    defs.get_job_def("bronze_job").execute_in_process(instance=instance)
+    defs.resolve_job_def("bronze_job").execute_in_process(instance=instance)
     r7 = _tick(instance, r6.cursor, data_dir)
     assert [(r.job_name, r.partition_key) for r in r7.run_requests] == [("patient_job", "SYN-001")]
     assert r7.run_requests[0].run_key != run_key

@@ -1,6 +1,5 @@
 """Bronze: header-only DICOM catalog and the patient manifest (roles of each DICOM object)."""
 
-from __future__ import annotations
 
 import polars as pl
 
@@ -103,3 +102,12 @@ def patient_manifest(context: dg.AssetExecutionContext, paths: RtmapPaths) -> dg
             "issues": md_table(issues.select("patient_id", "code", "message") if issues.height else issues, 20),
         }
     )
+
+
+pipeline_issues = dg.AssetSpec(
+    "pipeline_issues",
+    description="Why a patient or file did not make it through a stage (patient, stage, code, message, file). "
+    "Written by the manifest, imaging and dosimetry steps themselves; each rewrites its own rows per patient.",
+    group_name=BRONZE,
+    kinds={"parquet"},
+)

@@ -4,7 +4,6 @@ These follow the per-patient assets by declarative automation (`eager`), so a ne
 is reflected without anyone asking.
 """
 
-from __future__ import annotations
 
 import hashlib
 
@@ -82,5 +81,5 @@ def seed_classification_csv(paths: RtmapPaths) -> dg.MaterializeResult:
     from rtmap_assets.pipeline.dosimetry_patient import write_seed_csvs
 
     table = paths.lake.read_table("recurrence_classification")
-    out = write_seed_csvs(table, paths.lake.root / "seed_csv", paths.config().trial, per_patient=False)
+    out = write_seed_csvs(table, paths.lake.root / "seed_csv", paths.config().trial, per_patient=False)[0]
     return dg.MaterializeResult(metadata={"dagster/row_count": table.height, "path": dg.MetadataValue.path(str(out))})

@@ -1,6 +1,5 @@
 """Small helpers for materialisation metadata shown in the Dagster UI."""
 
-from __future__ import annotations
 
 import polars as pl
 

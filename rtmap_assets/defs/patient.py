@@ -5,7 +5,6 @@ subprocess costs seconds, more than the dosimetry itself. A patient whose input 
 version and configuration are unchanged is not recomputed: the step re-reports the stored result.
 """
 
-from __future__ import annotations
 
 import hashlib
 import json
@@ -127,7 +126,8 @@ def patient_registration(context: dg.AssetExecutionContext, paths: RtmapPaths):
     else:
         out_dir = lake.patient_files(pid) / f"v-{version}-{context.run_id[:8]}"
         try:
-            result = run_imaging(rows, config, out_dir, truth=_load_truth(paths, config.trial, pid))
+            result = run_imaging(rows, config, out_dir, truth=_load_truth(paths, config.trial, pid),
+                                 raw_root=paths.raw_root)
         except Exception as err:  # noqa: BLE001 - every failure becomes a pipeline_issues row
             shutil.rmtree(out_dir, ignore_errors=True)
             raise _fail(lake, pid, "imaging", err, context) from err
@@ -233,7 +233,10 @@ def patient_classification(context: dg.AssetExecutionContext, paths: RtmapPaths)
         write_seed_csvs(classification, lake.root / "seed_csv", config.trial)
     except Exception as err:  # noqa: BLE001 - every failure becomes a pipeline_issues row
         raise _fail(lake, pid, "dosimetry", err, context) from err
-    record_issues(lake, pid, "dosimetry", [])
+    # Non-fatal findings (arm mismatch, centroid outside the dose grid, …) stay queryable.
+    record_issues(lake, pid, "dosimetry", result.issues)
+    for issue in result.issues:
+        context.log.warning(f"{pid}: [{issue['code']}] {issue['message']}")
 
     version = _version(qc["data_version"][0], DOSIMETRY_CODE_VERSION, f"{radius.radius_mm:.4f}")
     c = classification.filter(pl.col("level_present")) if "level_present" in classification.columns else classification

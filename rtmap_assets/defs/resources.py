@@ -1,14 +1,20 @@
 """Where the pipeline reads and writes, as one typed resource (paths never live in code)."""
 
-from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import dagster as dg
+from dagster_dbt import DbtCliResource
 
 from rtmap_assets.config import TrialConfig, load_trial_config
 from rtmap_assets.lake import Lake
+
+
+DBT_DIR = Path(__file__).resolve().parents[2] / "dbt_models"
+# The dbt next to this interpreter (the project's venv), whether or not the venv is activated.
+DBT_EXECUTABLE = str(Path(sys.executable).with_name("dbt"))
 
 
 def default_data_dir() -> Path:
@@ -55,4 +61,7 @@ class RtmapPaths(dg.ConfigurableResource):
 
 @dg.definitions
 def resources() -> dg.Definitions:
-    return dg.Definitions(resources={"paths": RtmapPaths()})
+    return dg.Definitions(resources={
+        "paths": RtmapPaths(),
+        "dbt": DbtCliResource(project_dir=str(DBT_DIR), profiles_dir=str(DBT_DIR), dbt_executable=DBT_EXECUTABLE),
+    })

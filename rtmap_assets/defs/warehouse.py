@@ -4,11 +4,9 @@ The dbt sources are the lake tables the other assets write, so the dbt models si
 them in one graph and follow them by declarative automation.
 """
 
-from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -17,18 +15,15 @@ import duckdb
 
 import dagster as dg
 from dagster_dbt import DagsterDbtTranslator, DbtCliResource, DbtProject, dbt_assets
-from rtmap_assets.defs.resources import RtmapPaths
+from rtmap_assets.defs.resources import DBT_DIR, DBT_EXECUTABLE, RtmapPaths
 from rtmap_assets.figures.dashboard import build_cohort_dashboard
 
-DBT_DIR = Path(__file__).resolve().parents[2] / "dbt_models"
 COHORT = "cohort"
 
 # A failed patient never materialises its partition; plain eager() would then wait for it forever.
 # The cohort follows whatever patients are done, and never runs while an upstream run is in progress.
 COHORT_AUTOMATION = dg.AutomationCondition.eager().without(~dg.AutomationCondition.any_deps_missing())
 
-# The dbt next to this interpreter (the project's venv), whether or not the venv is activated.
-DBT_EXECUTABLE = str(Path(sys.executable).with_name("dbt"))
 dbt_project = DbtProject(project_dir=DBT_DIR, profiles_dir=DBT_DIR)
 if not dbt_project.manifest_path.exists():
     # dagster-dbt needs the manifest at import time; `dbt parse` makes it offline in a few seconds.
@@ -77,9 +72,3 @@ def cohort_dashboard(paths: RtmapPaths) -> dg.MaterializeResult:
     out = build_cohort_dashboard(summary, by_arm, paths.lake.root / "dashboards" / "cohort_dashboard.html")
     return dg.MaterializeResult(metadata={"path": dg.MetadataValue.path(str(out)), "patients": summary.height,
                                           "classified": int(summary["classified"].sum()) if summary.height else 0})
-
-
-@dg.definitions
-def warehouse_resources() -> dg.Definitions:
-    return dg.Definitions(resources={"dbt": DbtCliResource(project_dir=dbt_project, profiles_dir=str(DBT_DIR),
-                                                               dbt_executable=DBT_EXECUTABLE)})

@@ -38,7 +38,7 @@ def issue_path(lake: Lake, patient_id: str, stage: str) -> Path:
 
 def record_issues(lake: Lake, patient_id: str, stage: str, rows: list[dict]) -> pl.DataFrame:
     """Replace this patient's issues for `stage` (an empty list clears them)."""
-    df = issues_frame([{**r, "patient_id": patient_id, "stage": stage} for r in rows])
+    df = issues_frame([{**r, "patient_id": patient_id, "stage": stage, "code": str(r["code"]).upper()} for r in rows])
     write_parquet(df, issue_path(lake, patient_id, stage))
     return df
 

@@ -4,7 +4,7 @@ with high as (
     select * from {{ ref('stg_recurrence_classification') }} where level = 'high'
 ),
 issues as (
-    select patient_id, count(*) as open_issues, string_agg(distinct code, ', ') as issue_codes
+    select patient_id, count(*) as open_issues, string_agg(distinct code, ', ' order by code) as issue_codes
     from {{ ref('stg_pipeline_issues') }}
     group by patient_id
 ),
