@@ -11,9 +11,9 @@ pytestmark = pytest.mark.slow
 
 
 def _requested(result) -> set[str]:
-    return {k.to_user_string() for k in result.get_requested_asset_keys()} if hasattr(
-        result, "get_requested_asset_keys") else {
-        r.asset_key.to_user_string() for r in result.results if r.true_subset.size}
+    keys = ["cohort_uncertainty", "seed_classification_csv", "cohort_dashboard", "registration_qc",
+            "recurrence_classification", ["warehouse", "patient_summary"]]
+    return {dg.AssetKey(k).to_user_string() for k in keys if result.get_num_requested(dg.AssetKey(k))}
 
 
 def test_cohort_follows_patients(data_dir, monkeypatch):
@@ -25,20 +25,24 @@ def test_cohort_follows_patients(data_dir, monkeypatch):
     defs.resolve_job_def("bronze_job").execute_in_process(instance=instance)
     instance.add_dynamic_partitions("patients", ["SYN-001", "SYN-002", "SYN-NEVER"])  # SYN-NEVER has no data
     patient_job = defs.resolve_job_def("patient_job")
-    patient_job.execute_in_process(instance=instance, partition_key="SYN-001")
 
+    # First tick establishes the cursor; nothing has changed yet, so nothing is requested.
     first = dg.evaluate_automation_conditions(defs=defs, instance=instance)
-    wanted = _requested(first)
-    assert "cohort_uncertainty" in wanted and "seed_classification_csv" in wanted
+    assert "cohort_uncertainty" not in _requested(first)
+
+    patient_job.execute_in_process(instance=instance, partition_key="SYN-001")
+    second = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=first.cursor)
+    wanted = _requested(second)
+    assert {"cohort_uncertainty", "seed_classification_csv", "warehouse/patient_summary"} <= wanted
     assert not any(k in wanted for k in ("registration_qc", "recurrence_classification"))
 
-    # Materialise what automation asked for, then the next tick (same cursor chain) asks for nothing.
+    # Materialise what automation asked for, then the next tick (same cursor chain) asks for nothing more.
     dg.materialize([defs.get_assets_def(dg.AssetKey(k)) for k in ("cohort_uncertainty", "seed_classification_csv")],
                    instance=instance, resources={"paths": defs.resources["paths"]})
-    second = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=first.cursor)
-    assert {"cohort_uncertainty", "seed_classification_csv"}.isdisjoint(_requested(second))
-
-    # A new patient lands: the cohort follows, despite SYN-NEVER being missing.
-    patient_job.execute_in_process(instance=instance, partition_key="SYN-002")
     third = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=second.cursor)
-    assert "cohort_uncertainty" in _requested(third)
+    assert {"cohort_uncertainty", "seed_classification_csv"}.isdisjoint(_requested(third))
+
+    # A new patient lands: the cohort follows, although SYN-NEVER (no data) is still missing.
+    patient_job.execute_in_process(instance=instance, partition_key="SYN-002")
+    fourth = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=third.cursor)
+    assert "cohort_uncertainty" in _requested(fourth)

@@ -17,6 +17,10 @@ from rtmap_assets.pipeline.covariates import read_covariates
 
 COHORT = "cohort"
 
+# A failed patient never materialises its partition, and plain eager() would wait for it forever:
+# the cohort follows whatever patients are done, and never runs while an upstream run is in progress.
+COHORT_AUTOMATION = dg.AutomationCondition.eager().without(~dg.AutomationCondition.any_deps_missing())
+
 
 @dg.asset(
     description="Trial covariates (data/covariates/<trial>.csv) validated and stored as Parquet: arm, site, stage, "
@@ -43,7 +47,7 @@ def trial_covariates(context: dg.AssetExecutionContext, paths: RtmapPaths) -> dg
     "'cohort' radius policy, the percentile radius all classifications use (rule 5).",
     group_name=COHORT,
     kinds={"parquet"},
-    automation_condition=dg.AutomationCondition.eager(),
+    automation_condition=COHORT_AUTOMATION,
 )
 def cohort_uncertainty(context: dg.AssetExecutionContext, paths: RtmapPaths) -> dg.MaterializeResult:
     config = paths.config()
@@ -75,7 +79,7 @@ def cohort_uncertainty(context: dg.AssetExecutionContext, paths: RtmapPaths) -> 
     description="The seed workflow's cohort CSV, <trial>_all_classifications.csv, for existing users.",
     group_name=COHORT,
     kinds={"csv"},
-    automation_condition=dg.AutomationCondition.eager(),
+    automation_condition=COHORT_AUTOMATION,
 )
 def seed_classification_csv(paths: RtmapPaths) -> dg.MaterializeResult:
     from rtmap_assets.pipeline.dosimetry_patient import write_seed_csvs

@@ -41,6 +41,17 @@ IMAGING_CODE_VERSION = "imaging-1"
 DOSIMETRY_CODE_VERSION = "dosimetry-1"
 HEAVY_POOL = "rtmap_patient_heavy"
 
+# Classifications follow the cohort radius: when cohort_uncertainty's data version changes (only under
+# the 'cohort' radius policy), every registered patient is re-classified — cheap, no re-registration.
+RECLASSIFY_ON_COHORT_RADIUS = (
+    dg.AutomationCondition.any_deps_match(dg.AutomationCondition.data_version_changed()).allow(
+        dg.AssetSelection.assets("cohort_uncertainty"))
+    & ~dg.AutomationCondition.any_deps_match(dg.AutomationCondition.missing()).allow(
+        dg.AssetSelection.assets("registration_qc"))
+    & ~dg.AutomationCondition.any_deps_in_progress()
+    & ~dg.AutomationCondition.in_progress()
+).with_label("cohort radius changed")
+
 
 def config_hash(config: TrialConfig) -> str:
     return hashlib.sha1(config.model_dump_json().encode()).hexdigest()[:12]
@@ -194,15 +205,17 @@ def _radius_inputs(lake: Lake, config: TrialConfig, pid: str) -> tuple[float | N
             group_name=GOLD,
             kinds={"parquet"},
             code_version=DOSIMETRY_CODE_VERSION,
+            automation_condition=RECLASSIFY_ON_COHORT_RADIUS,
         ),
         dg.AssetSpec(
             "dose_statistics",
-            deps=["registration_qc", "mapped_structures"],
+            deps=["registration_qc", "mapped_structures", "cohort_uncertainty"],
             description="Per structure (CTVs, organs, mapped recurrence, sphere): volume, mean/min/max, D98/D95/D50/D2 "
             "and V95 % of each level. Conventions in docs/DOSIMETRY.md.",
             group_name=GOLD,
             kinds={"parquet"},
             code_version=DOSIMETRY_CODE_VERSION,
+            automation_condition=RECLASSIFY_ON_COHORT_RADIUS,
         ),
     ],
     check_specs=CLASSIFICATION_CHECKS,

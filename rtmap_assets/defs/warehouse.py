@@ -15,14 +15,11 @@ import duckdb
 
 import dagster as dg
 from dagster_dbt import DagsterDbtTranslator, DbtCliResource, DbtProject, dbt_assets
+from rtmap_assets.defs.cohort import COHORT, COHORT_AUTOMATION
 from rtmap_assets.defs.resources import DBT_DIR, DBT_EXECUTABLE, RtmapPaths
 from rtmap_assets.figures.dashboard import build_cohort_dashboard
 
-COHORT = "cohort"
 
-# A failed patient never materialises its partition; plain eager() would then wait for it forever.
-# The cohort follows whatever patients are done, and never runs while an upstream run is in progress.
-COHORT_AUTOMATION = dg.AutomationCondition.eager().without(~dg.AutomationCondition.any_deps_missing())
 
 dbt_project = DbtProject(project_dir=DBT_DIR, profiles_dir=DBT_DIR)
 if not dbt_project.manifest_path.exists():
