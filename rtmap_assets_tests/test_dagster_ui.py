@@ -45,15 +45,19 @@ def test_asset_graph_in_chromium(tmp_path):
                 assert server.poll() is None, "dagster-webserver exited"
                 assert time.time() < deadline, "dagster-webserver did not come up"
                 time.sleep(1)
-        dom = subprocess.run(
-            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={tmp_path / 'chrome'}", "--virtual-time-budget=30000", "--window-size=1600,1200",
-             "--dump-dom", f"http://127.0.0.1:{port}/asset-groups"],
-            capture_output=True, text=True, timeout=180).stdout
-        for name in ("dicom_files", "patient_manifest", "registration_qc", "recurrence_classification",
-                     "cohort_dashboard"):
-            assert name in dom, f"{name} not on the asset graph page"
+        groups = {"bronze": ["dicom_files", "dicom_rejects", "patient_manifest"],
+                  "patient_silver": ["registration_qc", "mapped_structures"],
+                  "patient_gold": ["recurrence_classification", "dose_statistics"],
+                  "cohort": ["cohort_uncertainty", "cohort_dashboard", "patient_summary"]}
+        for group, names in groups.items():
+            dom = subprocess.run(
+                [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 f"--user-data-dir={tmp_path / 'chrome'}", "--virtual-time-budget=30000", "--window-size=1600,1200",
+                 "--dump-dom", f"http://127.0.0.1:{port}/locations/rtmap_assets/asset-groups/{group}"],
+                capture_output=True, text=True, timeout=180).stdout
+            for name in names:
+                assert name in dom, f"{name} not on the {group} asset graph"
     finally:
         server.terminate()
         server.wait(timeout=30)
