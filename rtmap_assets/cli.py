@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import shutil
@@ -13,9 +14,9 @@ from pathlib import Path
 
 DAGSTER_YAML = """\
 # Written by `rtmap demo` / `rtmap ui`: a persistent local instance under data/.
-run_queue:
-  max_concurrent_runs: 2
 concurrency:
+  runs:
+    max_concurrent_runs: 2
   pools:
     default_limit: 1   # the heavy per-patient step (pool rtmap_patient_heavy) one at a time on 2 cores
 telemetry:
@@ -86,8 +87,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     defs = load_defs()
     instance = dg.DagsterInstance.get()
+    quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}  # progress lines below say enough
     print(f"[2/4] catalog + manifest (Dagster instance {os.environ['DAGSTER_HOME']})")
-    defs.resolve_job_def("bronze_job").execute_in_process(instance=instance)
+    defs.resolve_job_def("bronze_job").execute_in_process(instance=instance, run_config=quiet)
     lake = Lake(data_dir / "lake")
     manifest = lake.read_table("patient_manifest")
     files = lake.read_table("dicom_files")
@@ -101,12 +103,18 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     job = defs.resolve_job_def("patient_job")
     for i, pid in enumerate(ready, 1):
         t = time.perf_counter()
-        result = job.execute_in_process(instance=instance, partition_key=pid, raise_on_error=False)
+        result = job.execute_in_process(instance=instance, partition_key=pid, raise_on_error=False,
+                                     run_config=quiet)
         status = "ok" if result.success else "FAILED (see pipeline_issues)"
         print(f"      [{i}/{len(ready)}] {pid}: {status} in {time.perf_counter() - t:.1f} s", flush=True)
 
     print("[4/4] cohort: uncertainty, seed CSV, dbt models, dashboard")
-    defs.resolve_job_def("cohort_job").execute_in_process(instance=instance, raise_on_error=False)
+    log = data_dir / "logs" / "cohort_job.log"
+    log.parent.mkdir(exist_ok=True)
+    with open(log, "w") as fh, contextlib.redirect_stdout(fh):  # dbt's own console output goes to the log
+        cohort = defs.resolve_job_def("cohort_job").execute_in_process(instance=instance, raise_on_error=False,
+                                                                       run_config=quiet)
+    print(f"      {'ok' if cohort.success else 'FAILED'} (dbt output: {log})")
 
     duck = data_dir / "rtmap.duckdb"
     with duckdb.connect(str(duck), read_only=True) as con:
@@ -136,6 +144,8 @@ def _cmd_ui(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:  # Dagster's INFO/DEBUG event lines: the UI has them
+        handler.setLevel(logging.WARNING)
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="rtmap", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
