@@ -63,11 +63,12 @@ def raw_folder_state(raw_trial_dir: Path) -> dict[str, str]:
     return state
 
 
-def _manifest_fingerprints(paths: RtmapPaths) -> dict[str, str]:
-    manifest = paths.lake.read_table("patient_manifest")
-    if manifest.is_empty():
+def _fingerprints(paths: RtmapPaths, table: str) -> dict[str, str]:
+    """patient_id → input_fingerprint as recorded in a lake table (manifest: current; registration_qc: done)."""
+    df = paths.lake.read_table(table)
+    if df.is_empty() or "input_fingerprint" not in df.columns:
         return {}
-    fp = manifest.group_by("patient_id").agg(pl.col("input_fingerprint").first())
+    fp = df.group_by("patient_id").agg(pl.col("input_fingerprint").first())
     return dict(zip(fp["patient_id"].to_list(), fp["input_fingerprint"].to_list()))
 
 
@@ -91,13 +92,16 @@ def raw_exports_sensor(context: dg.SensorEvaluationContext, paths: RtmapPaths) -
 
     new_partitions: list[str] = []
     existing = set(context.instance.get_dynamic_partitions(patients_partitions.name))
-    for pid, fingerprint in sorted(_manifest_fingerprints(paths).items()):
+    registered = _fingerprints(paths, "registration_qc")
+    for pid, fingerprint in sorted(_fingerprints(paths, "patient_manifest").items()):
         if cursor["patients"].get(pid) == fingerprint:
             continue
+        cursor["patients"][pid] = fingerprint
         if pid not in existing:
             new_partitions.append(pid)
+        if registered.get(pid) == fingerprint:
+            continue  # already in the lake from these very files (e.g. a fresh sensor cursor after `rtmap demo`)
         runs.append(dg.RunRequest(run_key=f"{pid}:{fingerprint}", job_name=patient_job.name, partition_key=pid))
-        cursor["patients"][pid] = fingerprint
 
     return dg.SensorResult(
         run_requests=runs,
