@@ -165,7 +165,7 @@ def patient_registration(context: dg.AssetExecutionContext, paths: RtmapPaths):
             "tre_mean_mm": q.get("tre_mean_mm"),
             "tre_max_mm": q.get("tre_max_mm"),
             "recurrence_dice_truth": q.get("recurrence_dice_truth"),
-            "seconds_total": q.get("seconds_total"),
+            "seconds_total": q.get("total_s"),
             "volumes_dir": dg.MetadataValue.path(q["volumes_dir"]),
         },
     )

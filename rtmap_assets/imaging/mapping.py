@@ -1,0 +1,103 @@
+"""Relapse structures -> planning space, and points in both directions (DESIGN.md rule 4).
+
+The registration transform T maps planning (fixed) points to relapse (moving) points. A relapse
+mask comes to planning space by *resampling* it through T: each planning voxel centre p looks up
+the relapse mask at T(p). The 0/1 mask is interpolated linearly and thresholded at 0.5, which keeps
+the surface where the interpolated occupancy crosses one half (closer to the drawn contour than
+nearest neighbour). A relapse *point* q needs the inverse, T^-1(q), found here by Newton iterations
+on the forward transform with a finite-difference Jacobian (no inverse field is ever built).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import SimpleITK as sitk
+
+from rtmap_assets.imaging.grid import resample_mask
+
+
+def mask_volume_cc(mask: sitk.Image) -> float:
+    """Voxel-count volume (cc) of a 0/1 mask (voxel-centre occupancy)."""
+    n = int(np.count_nonzero(sitk.GetArrayViewFromImage(mask)))
+    return n * float(np.prod(mask.GetSpacing())) / 1000.0
+
+
+def mask_centroid_mm(mask: sitk.Image) -> np.ndarray | None:
+    """Centroid (LPS mm) of the mask's voxel centres; None for an empty mask."""
+    kji = np.argwhere(sitk.GetArrayViewFromImage(mask) > 0)
+    if len(kji) == 0:
+        return None
+    idx = kji[:, ::-1].mean(axis=0)
+    return np.asarray(mask.TransformContinuousIndexToPhysicalPoint(idx.tolist()))
+
+
+def transform_points(transform: sitk.Transform, pts: np.ndarray) -> np.ndarray:
+    """Apply a SimpleITK transform to (N, 3) points."""
+    pts = np.atleast_2d(np.asarray(pts, dtype=float))
+    return np.array([transform.TransformPoint(p.tolist()) for p in pts]).reshape(pts.shape)
+
+
+def invert_points(transform: sitk.Transform, moving_pts: np.ndarray, *, tol_mm: float = 1e-3,
+                  max_iter: int = 50, step_mm: float = 0.5) -> np.ndarray:
+    """Planning points p with T(p) = q for relapse points q (Newton on the forward transform).
+
+    Starts from p = q - (T(q) - q) (the displacement at q, negated), which is exact for translations.
+    Raises ValueError if some point does not converge (a folded or non-invertible transform there).
+    """
+    q = np.atleast_2d(np.asarray(moving_pts, dtype=float))
+    p = q - (transform_points(transform, q) - q)
+    eye = np.eye(3) * step_mm
+    for _ in range(max_iter):
+        r = transform_points(transform, p) - q
+        if np.max(np.linalg.norm(r, axis=1)) < tol_mm:
+            return p
+        for n in range(len(p)):
+            jac = np.column_stack([
+                (np.asarray(transform.TransformPoint((p[n] + eye[d]).tolist()))
+                 - np.asarray(transform.TransformPoint((p[n] - eye[d]).tolist()))) / (2 * step_mm)
+                for d in range(3)
+            ])
+            p[n] = p[n] - np.linalg.solve(jac, r[n])
+    r = transform_points(transform, p) - q
+    if np.max(np.linalg.norm(r, axis=1)) >= tol_mm:
+        raise ValueError(f"point inversion did not converge (residual {np.max(np.linalg.norm(r, axis=1)):.3g} mm)")
+    return p
+
+
+def map_mask(mask: sitk.Image, transform: sitk.Transform, reference: sitk.Image, *,
+             margin_mm: float = 15.0) -> sitk.Image:
+    """Relapse mask -> planning grid `reference` through `transform` (planning -> relapse).
+
+    Only a box around the structure is resampled (its bounding box pulled back through the inverse at
+    the 8 corners, plus `margin_mm` for the deformation between corners), then pasted into an empty
+    mask of the full reference grid: the cost is that of the structure, not of the whole grid.
+    """
+    out = sitk.Image(reference.GetSize(), sitk.sitkUInt8)
+    out.CopyInformation(reference)
+    kji = np.argwhere(sitk.GetArrayViewFromImage(mask) > 0)
+    if len(kji) == 0:
+        return out
+    lo_idx, hi_idx = kji.min(axis=0)[::-1] - 1.0, kji.max(axis=0)[::-1] + 1.0
+    corners = np.array([mask.TransformContinuousIndexToPhysicalPoint([float(c) for c in (i, j, k)])
+                        for i in (lo_idx[0], hi_idx[0]) for j in (lo_idx[1], hi_idx[1])
+                        for k in (lo_idx[2], hi_idx[2])])
+    try:
+        back = invert_points(transform, corners, tol_mm=0.05)
+    except ValueError:
+        return resample_mask(mask, reference, transform)
+    lo = back.min(axis=0) - margin_mm
+    hi = back.max(axis=0) + margin_mm
+    ref_lo = np.asarray(reference.GetOrigin())
+    spacing = np.asarray(reference.GetSpacing())
+    if not np.allclose(np.asarray(reference.GetDirection()), np.eye(3).ravel()):
+        return resample_mask(mask, reference, transform)
+    size = np.asarray(reference.GetSize())
+    i0 = np.clip(np.floor((lo - ref_lo) / spacing).astype(int), 0, size - 1)
+    i1 = np.clip(np.ceil((hi - ref_lo) / spacing).astype(int), 0, size - 1)
+    if np.any(i1 < i0):
+        return out
+    box = sitk.Image([int(v) for v in (i1 - i0 + 1)], sitk.sitkUInt8)
+    box.SetOrigin(tuple(ref_lo + i0 * spacing))
+    box.SetSpacing(tuple(spacing))
+    sub = resample_mask(mask, box, transform)
+    return sitk.Paste(out, sub, sub.GetSize(), [0, 0, 0], [int(v) for v in i0])

@@ -1,0 +1,310 @@
+"""One patient's imaging step, no Dagster: DICOM -> working grid -> registration -> mapped structures.
+
+Inputs are the patient's `patient_manifest` rows (roles planning_ct, planning_rtstruct,
+planning_rtdose, relapse_image, relapse_rtstruct, each with a `files` list). Everything is written
+into `out_dir` (the caller makes the lake write atomic):
+
+    planning_image.nii.gz, dose.nii.gz, masks/*.nii.gz, volumes.json   (PatientVolumes.save)
+    relapse_registered.nii.gz   relapse image resampled into planning space through the transform
+    transform.h5                planning point -> relapse point (SimpleITK transform file)
+
+Geometry choices (why): the planning working grid is the body bounding box (+10 mm) of the planning
+CT at `config.grid_spacing_mm`, axis-aligned, so axial planning contours are rasterised directly on
+it. Relapse structures are rasterised on a local grid of half the working spacing around each
+structure and then pulled through the transform onto the planning grid (linear + 0.5), so a small
+recurrence is not blurred by two 2 mm resamplings. The relapse image itself is registered on its
+own working grid (body box + 20 mm).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import SimpleITK as sitk
+
+from rtmap_assets.config import TrialConfig
+from rtmap_assets.dicom.readers import contour_bounds_mm, rasterise, read_image_series, read_rtdose, \
+    read_rtstruct
+from rtmap_assets.errors import PatientDataError
+from rtmap_assets.imaging import grid as wg
+from rtmap_assets.imaging.mapping import map_mask, mask_centroid_mm, mask_volume_cc
+from rtmap_assets.imaging.qc import body_points, ellipsoid_mask, erode_by_mm, jacobian_stats, landmark_distance_mm, \
+    overlap_metrics, target_registration_error
+from rtmap_assets.imaging.registration import register
+from rtmap_assets.naming import first_match, match_aliases, matches
+from rtmap_assets.pipeline.volumes import PatientVolumes, StructureMask
+
+log = logging.getLogger(__name__)
+STAGE = "imaging"
+TRE_POINTS = 200
+TRE_MARGIN_MM = 10.0
+
+REGISTRATION_QC_SCHEMA: dict[str, pl.DataType] = {
+    "patient_id": pl.String(), "engine": pl.String(), "relapse_modality": pl.String(),
+    "read_s": pl.Float64(), "grid_s": pl.Float64(), "registration_s": pl.Float64(), "mapping_s": pl.Float64(),
+    "qc_s": pl.Float64(), "total_s": pl.Float64(), "stage_timings": pl.String(),
+    "initial_translation_mm": pl.List(pl.Float64()), "final_metric": pl.Float64(),
+    "landmark_distance_mm": pl.Float64(), "jacobian_min": pl.Float64(), "folding_fraction": pl.Float64(),
+    "tre_mean_mm": pl.Float64(), "tre_max_mm": pl.Float64(), "tre_points": pl.Int64(),
+    "recurrence_dice_truth": pl.Float64(), "recurrence_centroid_error_mm": pl.Float64(),
+    "transform_path": pl.String(), "registered_image_path": pl.String(),
+}
+STRUCTURE_QC_SCHEMA: dict[str, pl.DataType] = {
+    "patient_id": pl.String(), "structure": pl.String(), "planning_structure": pl.String(),
+    "dice": pl.Float64(), "hd95_mm": pl.Float64(), "msd_mm": pl.Float64(),
+}
+MAPPED_STRUCTURES_SCHEMA: dict[str, pl.DataType] = {
+    "patient_id": pl.String(), "structure": pl.String(), "role": pl.String(), "level": pl.String(),
+    "space": pl.String(), "matched_alias": pl.String(), "volume_cc": pl.Float64(),
+    "centroid_x_mm": pl.Float64(), "centroid_y_mm": pl.Float64(), "centroid_z_mm": pl.Float64(),
+    "mask_path": pl.String(),
+}
+
+
+@dataclass
+class ImagingResult:
+    volumes: PatientVolumes
+    registration_qc: pl.DataFrame  # one row (REGISTRATION_QC_SCHEMA)
+    mapped_structures: pl.DataFrame  # MAPPED_STRUCTURES_SCHEMA, planning and mapped structures
+    structure_qc: pl.DataFrame  # comparison structures: mapped vs planning overlap (STRUCTURE_QC_SCHEMA)
+    paths: dict[str, str] = field(default_factory=dict)
+
+
+def _role_files(rows: pl.DataFrame, role: str, raw_root: Path | None) -> list[str]:
+    sel = rows.filter(pl.col("role") == role)
+    if sel.height != 1:
+        raise PatientDataError("manifest_role", f"expected one manifest row with role {role!r}, found {sel.height}",
+                               stage=STAGE)
+    files = list(sel["files"][0])
+    if not files:
+        raise PatientDataError("manifest_role", f"manifest role {role!r} lists no files", stage=STAGE)
+    return [str(Path(raw_root) / f) if raw_root is not None and not Path(f).is_absolute() else f for f in files]
+
+
+def _ctv_patterns(config: TrialConfig) -> list[str]:
+    doses = sorted({p for levels in config.arms.values() for p in levels if p > 0}, reverse=True)
+    return [a for d in doses for a in config.aliases.ctv_for_dose(d)]
+
+
+def planning_role(name: str, config: TrialConfig) -> tuple[str, str | None]:
+    """(role, matched alias) of a planning structure; priority ctv > landmark > body > organ."""
+    al = config.aliases
+    for role, patterns in (("ctv", _ctv_patterns(config)), ("landmark", al.landmark), ("body", al.body),
+                           ("organ", [p for ps in al.organs.values() for p in ps])):
+        for pattern in patterns:
+            if matches(name, pattern):
+                return role, pattern
+    return "other", None
+
+
+def _one(names: list[str], aliases: list[str], what: str, code: str, file: str) -> tuple[str, str]:
+    found = match_aliases(names, aliases)
+    if not found:
+        raise PatientDataError(f"{code}_missing", f"no {what} structure matching {aliases} among {names}",
+                               stage=STAGE, file=file)
+    if len(found) > 1:
+        raise PatientDataError(f"{code}_ambiguous", f"several {what} structures match: {found}", stage=STAGE, file=file)
+    return found[0]
+
+
+def _local_grid(contours: list[np.ndarray], spacing_mm: float, margin_mm: float) -> sitk.Image:
+    lo, hi = contour_bounds_mm(contours)
+    return wg.make_grid(lo - margin_mm, hi + margin_mm, spacing_mm)
+
+
+def run_imaging(manifest_rows: pl.DataFrame, config: TrialConfig, out_dir: Path, truth: dict | None = None, *,
+                raw_root: Path | None = None, engine: str | None = None, threads: int | None = None) -> ImagingResult:
+    """The per-patient imaging step (see module docstring). `raw_root` resolves catalog-relative paths."""
+    t_start = time.perf_counter()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    patient_id = str(manifest_rows["patient_id"][0])
+    engine = engine or config.registration.engine
+    spacing = float(config.grid_spacing_mm)
+    al = config.aliases
+    if threads:
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
+
+    # ---- read
+    t = time.perf_counter()
+    plan_ct = read_image_series(_role_files(manifest_rows, "planning_ct", raw_root))
+    rel_files = _role_files(manifest_rows, "relapse_image", raw_root)
+    relapse = read_image_series(rel_files)
+    rel_modality = str(manifest_rows.filter(pl.col("role") == "relapse_image")["modality"][0] or "CT")
+    plan_rs_file = _role_files(manifest_rows, "planning_rtstruct", raw_root)[0]
+    rel_rs_file = _role_files(manifest_rows, "relapse_rtstruct", raw_root)[0]
+    plan_rs = read_rtstruct(plan_rs_file)
+    rel_rs = read_rtstruct(rel_rs_file)
+    dose_rows = manifest_rows.filter(pl.col("role") == "planning_rtdose")
+    dose = read_rtdose(_role_files(manifest_rows, "planning_rtdose", raw_root)[0]) if dose_rows.height else None
+    read_s = time.perf_counter() - t
+
+    # ---- working grids, planning structures
+    t = time.perf_counter()
+    plan_names = [n for n in plan_rs.names if plan_rs.contours[n]]
+    body_match = first_match(plan_names, al.body)
+    bounds = contour_bounds_mm(plan_rs.contours[body_match[0]]) if body_match else None
+    ref = wg.working_grid(plan_ct, spacing, margin_mm=10.0, bounds=bounds)
+    image = wg.resample_image(plan_ct, ref, default_value=-1000.0)
+    del plan_ct
+    structures: list[StructureMask] = []
+    for name in plan_names:
+        role, alias = planning_role(name, config)
+        structures.append(StructureMask(name=name, role=role, space="planning",
+                                        mask=rasterise(plan_rs, name, ref), matched_alias=alias))
+    plan_landmarks = [s for s in structures if s.role == "landmark"]
+    if len(plan_landmarks) != 1:
+        raise PatientDataError("landmark_missing" if not plan_landmarks else "landmark_ambiguous",
+                               f"planning RTSTRUCT has {len(plan_landmarks)} landmark structures matching "
+                               f"{al.landmark}", stage=STAGE, file=plan_rs_file)
+    plan_lm_centroid = mask_centroid_mm(plan_landmarks[0].mask)
+    if plan_lm_centroid is None:
+        raise PatientDataError("landmark_empty", f"planning landmark {plan_landmarks[0].name!r} has no voxels",
+                               stage=STAGE, file=plan_rs_file)
+    bodies = [s for s in structures if s.role == "body"]
+    body = bodies[0].mask if bodies else wg.body_mask(image)
+    dose_wg = wg.resample_dose(dose, ref) if dose is not None else None
+    dose_support = None
+    if dose is not None:
+        # working-grid voxels inside the RTDOSE grid (the resampled dose is 0 beyond it)
+        ones = sitk.Image(dose.GetSize(), sitk.sitkUInt8) + 1
+        ones.CopyInformation(dose)
+        dose_support = wg.resample(ones, ref, interpolator=sitk.sitkNearestNeighbor, pixel_type=sitk.sitkUInt8)
+        if int(np.count_nonzero(sitk.GetArrayViewFromImage(dose_support))) == int(np.prod(ref.GetSize())):
+            dose_support = None
+    del dose
+
+    is_mr = rel_modality.upper() == "MR"
+    rel_ref = wg.working_grid(relapse, spacing, margin_mm=20.0, threshold=None if is_mr else wg.BODY_THRESHOLD_HU)
+    rel_default = 0.0 if is_mr else -1000.0
+    rel_image = wg.resample_image(relapse, rel_ref, default_value=rel_default)
+    del relapse
+
+    rel_names = [n for n in rel_rs.names if rel_rs.contours[n]]
+    rec_name, rec_alias = _one(rel_names, al.recurrence, "recurrence", "recurrence", rel_rs_file)
+    lm_name, lm_alias = _one(rel_names, al.landmark, "landmark", "landmark", rel_rs_file)
+    comparison = [(n, a) for n, a in match_aliases(rel_names, al.comparison) if n not in (rec_name, lm_name)]
+    fine = spacing / 2.0
+    rel_masks: dict[str, sitk.Image] = {}
+    for name in [rec_name, lm_name, *[n for n, _ in comparison]]:
+        rel_masks[name] = rasterise(rel_rs, name, _local_grid(rel_rs.contours[name], fine, 2 * spacing))
+    rel_lm_centroid = mask_centroid_mm(rel_masks[lm_name])
+    if rel_lm_centroid is None:
+        raise PatientDataError("landmark_empty", f"relapse landmark {lm_name!r} has no voxels", stage=STAGE,
+                               file=rel_rs_file)
+    if mask_centroid_mm(rel_masks[rec_name]) is None:
+        raise PatientDataError("recurrence_empty", f"recurrence {rec_name!r} has no voxels", stage=STAGE,
+                               file=rel_rs_file)
+    grid_s = time.perf_counter() - t
+
+    # ---- registration
+    t = time.perf_counter()
+    result = register(image, rel_image, fixed_landmark_mm=plan_lm_centroid, moving_landmark_mm=rel_lm_centroid,
+                      engine=engine, bspline_grid_mm=config.registration.bspline_grid_mm, fixed_mask=body,
+                      threads=threads)
+    transform = result.transform
+    registration_s = time.perf_counter() - t
+
+    # ---- mapping
+    t = time.perf_counter()
+    roles = {rec_name: ("recurrence", rec_alias), lm_name: ("landmark", lm_alias), **{n: ("comparison", a)
+                                                                                      for n, a in comparison}}
+    mapped: dict[str, sitk.Image] = {}
+    for name, mask in rel_masks.items():
+        mapped[name] = map_mask(mask, transform, ref)
+        structures.append(StructureMask(name=name, role=roles[name][0], space="mapped", mask=mapped[name],
+                                        matched_alias=roles[name][1]))
+    if mask_centroid_mm(mapped[rec_name]) is None:
+        raise PatientDataError("recurrence_mapped_empty",
+                               f"mapped recurrence {rec_name!r} is empty (outside the planning working grid?)",
+                               stage=STAGE, file=rel_rs_file)
+    registered = wg.resample(rel_image, ref, transform=transform, default_value=rel_default)
+    mapping_s = time.perf_counter() - t
+
+    # ---- QC
+    t = time.perf_counter()
+    lm_distance = landmark_distance_mm(plan_lm_centroid, mask_centroid_mm(mapped[lm_name]))
+    jac_min, folding = jacobian_stats(transform, ref, body)
+    structure_rows = []
+    plan_by_name = {s.name: s for s in structures if s.space == "planning"}
+    for name, alias in comparison:
+        partner = first_match(list(plan_by_name), [alias])
+        if partner is None:
+            continue
+        m = overlap_metrics(mapped[name], plan_by_name[partner[0]].mask)
+        structure_rows.append({"patient_id": patient_id, "structure": name, "planning_structure": partner[0], **m})
+    tre_mean = tre_max = rec_dice = rec_err = None
+    n_tre = None
+    if truth is not None:
+        from rtmap_assets.synth.warp import RelapseWarp
+
+        warp = RelapseWarp.from_dict(truth["warp"])
+        # TRE points: at least TRE_MARGIN_MM inside both body outlines (which end at the fields of view),
+        # i.e. anatomy both images show; near a field edge the B-spline is extrapolating.
+        rel_body = wg.body_mask(rel_image, threshold=None if is_mr else wg.BODY_THRESHOLD_HU)
+        q = body_points(rel_body, 5 * TRE_POINTS, np.random.default_rng(0), erode_mm=TRE_MARGIN_MM)
+        p = warp.relapse_to_planning(q)
+        inner = erode_by_mm(body, TRE_MARGIN_MM)
+        inner_arr = sitk.GetArrayViewFromImage(inner)
+        keep = []
+        for n, pt in enumerate(p):
+            idx = ref.TransformPhysicalPointToIndex(pt.tolist())
+            if all(0 <= idx[d] < ref.GetSize()[d] for d in range(3)) and inner_arr[idx[2], idx[1], idx[0]]:
+                keep.append(n)
+        q = q[keep[:TRE_POINTS]]
+        tre = target_registration_error(transform, q, warp)
+        tre_mean, tre_max, n_tre = float(tre.mean()), float(tre.max()), int(len(tre))
+        rec = truth["recurrence"]
+        radii = rec.get("radii_mm") or [rec["radius_mm"]] * 3
+        true_rec = ellipsoid_mask(rec["centroid_planning_mm"], radii, ref)
+        rec_dice = float(overlap_metrics(mapped[rec_name], true_rec)["dice"])
+        rec_err = float(np.linalg.norm(mask_centroid_mm(mapped[rec_name]) - np.asarray(rec["centroid_planning_mm"])))
+    qc_s = time.perf_counter() - t
+
+    # ---- write
+    volumes = PatientVolumes(patient_id=patient_id, image=image, dose=dose_wg, structures=structures,
+                             dose_support=dose_support)
+    paths = volumes.save(out_dir)
+    reg_path = out_dir / "relapse_registered.nii.gz"
+    sitk.WriteImage(registered, str(reg_path), useCompression=True)
+    tfm_path = out_dir / "transform.h5"
+    sitk.WriteTransform(transform, str(tfm_path))
+    paths.update({"relapse_registered": str(reg_path), "transform": str(tfm_path)})
+    total_s = time.perf_counter() - t_start
+
+    qc_row = {
+        "patient_id": patient_id, "engine": result.engine, "relapse_modality": rel_modality,
+        "read_s": read_s, "grid_s": grid_s, "registration_s": registration_s, "mapping_s": mapping_s, "qc_s": qc_s,
+        "total_s": total_s, "stage_timings": ", ".join(f"{k}={v:.2f}" for k, v in result.timings.items()),
+        "initial_translation_mm": list(result.initial_translation_mm), "final_metric": result.final_metric,
+        "landmark_distance_mm": lm_distance, "jacobian_min": jac_min, "folding_fraction": folding,
+        "tre_mean_mm": tre_mean, "tre_max_mm": tre_max, "tre_points": n_tre,
+        "recurrence_dice_truth": rec_dice, "recurrence_centroid_error_mm": rec_err,
+        "transform_path": str(tfm_path), "registered_image_path": str(reg_path),
+    }
+    mapped_rows = []
+    for s in structures:
+        c = mask_centroid_mm(s.mask)
+        mapped_rows.append({
+            # level stays null: which level a CTV is depends on the patient's arm (dosimetry step)
+            "patient_id": patient_id, "structure": s.name, "role": s.role, "level": None,
+            "space": s.space, "matched_alias": s.matched_alias, "volume_cc": mask_volume_cc(s.mask),
+            "centroid_x_mm": None if c is None else float(c[0]), "centroid_y_mm": None if c is None else float(c[1]),
+            "centroid_z_mm": None if c is None else float(c[2]), "mask_path": paths.get(f"{s.space}:{s.name}"),
+        })
+    log.info("imaging %s: %.1f s (read %.1f, grid %.1f, registration %.1f, mapping %.1f, qc %.1f)", patient_id,
+             total_s, read_s, grid_s, registration_s, mapping_s, qc_s)
+    return ImagingResult(
+        volumes=volumes,
+        registration_qc=pl.DataFrame([qc_row], schema=REGISTRATION_QC_SCHEMA),
+        mapped_structures=pl.DataFrame(mapped_rows, schema=MAPPED_STRUCTURES_SCHEMA),
+        structure_qc=pl.DataFrame(structure_rows, schema=STRUCTURE_QC_SCHEMA),
+        paths=paths,
+    )
+
+
