@@ -121,3 +121,14 @@ def nightly_full_refresh(context: dg.ScheduleEvaluationContext):
     day = context.scheduled_execution_time.strftime("%Y-%m-%d")
     for pid in context.instance.get_dynamic_partitions(patients_partitions.name):
         yield dg.RunRequest(run_key=f"refresh:{day}:{pid}", partition_key=pid)
+
+
+# Evaluates the declarative automation conditions (cohort assets follow patients; classifications follow
+# the cohort radius). Declared here so it is on by default, also in a fresh `dagster dev`.
+cohort_automation_sensor = dg.AutomationConditionSensorDefinition(
+    "cohort_automation_sensor",
+    target=dg.AssetSelection.groups("cohort", "patient_gold"),
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=30,
+    description="Runs cohort assets after patients change, and re-classifies when the cohort radius changes.",
+)
