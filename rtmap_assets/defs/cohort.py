@@ -10,9 +10,11 @@ import hashlib
 import polars as pl
 
 import dagster as dg
+from rtmap_assets.config import TrialConfig
 from rtmap_assets.defs.metadata import md_table
 from rtmap_assets.defs.resources import RtmapPaths
 from rtmap_assets.dosimetry.uncertainty import cohort_radius
+from rtmap_assets.lake import Lake
 from rtmap_assets.pipeline.covariates import read_covariates
 
 COHORT = "cohort"
@@ -41,6 +43,22 @@ def trial_covariates(context: dg.AssetExecutionContext, paths: RtmapPaths) -> dg
     )
 
 
+def landmark_distances(lake: Lake) -> pl.DataFrame:
+    """Every registered patient's landmark distance (the uncertainty input of rule 5)."""
+    qc = lake.read_table("registration_qc")
+    if qc.is_empty():
+        return pl.DataFrame(schema={"patient_id": pl.String, "landmark_distance_mm": pl.Float64})
+    return qc.select("patient_id", pl.col("landmark_distance_mm").cast(pl.Float64))
+
+
+def current_cohort_radius(lake: Lake, config: TrialConfig) -> float | None:
+    """The 'cohort' policy radius over the patients registered so far (None when there are none)."""
+    d = landmark_distances(lake)["landmark_distance_mm"].drop_nulls()
+    if d.is_empty():
+        return None
+    return cohort_radius(d.to_list(), config.uncertainty.cohort_percentile, min_radius=config.grid_spacing_mm)
+
+
 @dg.asset(
     deps=["registration_qc"],
     description="Cohort view of registration uncertainty: every patient's landmark distance and, for the "
@@ -51,14 +69,8 @@ def trial_covariates(context: dg.AssetExecutionContext, paths: RtmapPaths) -> dg
 )
 def cohort_uncertainty(context: dg.AssetExecutionContext, paths: RtmapPaths) -> dg.MaterializeResult:
     config = paths.config()
-    qc = paths.lake.read_table("registration_qc")
-    distances = qc.select("patient_id", "landmark_distance_mm") if qc.height else pl.DataFrame(
-        schema={"patient_id": pl.String, "landmark_distance_mm": pl.Float64})
-    radius = None
-    if distances.height and distances["landmark_distance_mm"].drop_nulls().len():
-        radius = cohort_radius(distances["landmark_distance_mm"].to_list(), config.uncertainty.cohort_percentile,
-                               min_radius=config.grid_spacing_mm)
-    table = distances.with_columns(
+    radius = current_cohort_radius(paths.lake, config)
+    table = landmark_distances(paths.lake).with_columns(
         pl.lit(radius, dtype=pl.Float64).alias("cohort_radius_mm"),
         pl.lit(config.uncertainty.cohort_percentile).alias("cohort_percentile"),
         pl.lit(config.uncertainty.policy).alias("policy_in_use"),

@@ -24,6 +24,7 @@ from rtmap_assets.defs.checks import (
     ground_truth_check,
     registration_checks,
 )
+from rtmap_assets.defs.cohort import current_cohort_radius
 from rtmap_assets.defs.metadata import md_table
 from rtmap_assets.defs.partitions import patients_partitions
 from rtmap_assets.defs.resources import RtmapPaths
@@ -182,15 +183,14 @@ def patient_registration(context: dg.AssetExecutionContext, paths: RtmapPaths):
 
 
 def _radius_inputs(lake: Lake, config: TrialConfig, pid: str) -> tuple[float | None, float | None]:
-    """(patient landmark distance, cohort radius or None) for the radius policy."""
+    """(patient landmark distance, cohort radius or None) for the radius policy.
+
+    The cohort radius is computed from the patients registered so far, as cohort_uncertainty does; when
+    that asset's radius changes, automation re-classifies everyone (RECLASSIFY_ON_COHORT_RADIUS).
+    """
     qc = _stored(lake, "registration_qc", pid)
     distance = qc["landmark_distance_mm"][0] if qc.height else None
-    cohort = None
-    if config.uncertainty.policy == "cohort":
-        table = lake.read_table("cohort_uncertainty")
-        cohort = table["cohort_radius_mm"][0] if table.height else None
-        if cohort is None:
-            raise PatientDataError("NO_COHORT_RADIUS", "radius policy 'cohort' but cohort_uncertainty is not built yet")
+    cohort = current_cohort_radius(lake, config) if config.uncertainty.policy == "cohort" else None
     return distance, cohort
 
 
