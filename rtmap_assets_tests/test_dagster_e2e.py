@@ -69,6 +69,8 @@ def test_pipeline_end_to_end(data_dir, monkeypatch):
         assert checks["classification_complete"], pid
         assert checks["matches_ground_truth"], pid
     assert lake.read_table("dose_statistics").height > 0
+    mapped = lake.read_table("mapped_structures").filter((pl.col("role") == "comparison") & (pl.col("space") == "mapped"))
+    assert mapped.height >= 2 * len(ready) and mapped["dice_vs_planning"].min() > 0.7
     assert "SYN-BROKEN" in read_issues(lake)["patient_id"].to_list()
 
     # Re-running an unchanged patient re-reports the stored registration instead of recomputing.

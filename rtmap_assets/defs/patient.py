@@ -85,6 +85,13 @@ def _prune_versions(folder: Path, keep: Path) -> None:
             shutil.rmtree(old, ignore_errors=True)
 
 
+def _with_overlap(structures: pl.DataFrame, overlap: pl.DataFrame) -> pl.DataFrame:
+    """Comparison structures' mapped-vs-planning Dice / HD95 / mean surface distance on their mapped rows."""
+    metrics = overlap.select("structure", pl.lit("mapped").alias("space"), "planning_structure",
+                             pl.col("dice").alias("dice_vs_planning"), "hd95_mm", "msd_mm")
+    return structures.join(metrics, on=["structure", "space"], how="left")
+
+
 def _load_truth(paths: RtmapPaths, trial: str, pid: str) -> dict | None:
     f = paths.truth_root / trial / f"{pid}.json"
     return json.loads(f.read_text()) if f.exists() else None
@@ -146,7 +153,7 @@ def patient_registration(context: dg.AssetExecutionContext, paths: RtmapPaths):
         provenance = [pl.lit(fingerprint).alias("input_fingerprint"), pl.lit(version).alias("data_version"),
                       pl.lit(str(out_dir)).alias("volumes_dir"), pl.lit(context.run_id).alias("run_id")]
         qc = result.registration_qc.with_columns(provenance)
-        structures = result.mapped_structures.with_columns(provenance[1:3])
+        structures = _with_overlap(result.mapped_structures, result.structure_qc).with_columns(provenance[1:3])
         lake.write_patient_table("registration_qc", pid, qc)
         lake.write_patient_table("mapped_structures", pid, structures)
         _prune_versions(lake.patient_files(pid), keep=out_dir)
@@ -166,6 +173,8 @@ def patient_registration(context: dg.AssetExecutionContext, paths: RtmapPaths):
             "tre_mean_mm": q.get("tre_mean_mm"),
             "tre_max_mm": q.get("tre_max_mm"),
             "recurrence_dice_truth": q.get("recurrence_dice_truth"),
+            "comparison_dice_min": structures["dice_vs_planning"].min() if "dice_vs_planning" in structures.columns
+            else None,
             "seconds_total": q.get("total_s"),
             "volumes_dir": dg.MetadataValue.path(q["volumes_dir"]),
         },
