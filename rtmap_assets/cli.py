@@ -79,7 +79,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         print(f"[1/4] generating a synthetic cohort of {args.patients} patients ({args.size}) in {raw_trial}")
         rc = _cmd_synth(["--out", str(data_dir / "raw"), "--truth", str(data_dir / "truth"),
                          "--covariates", str(data_dir / "covariates" / f"{config.trial}.csv"),
-                         "--patients", str(args.patients), "--size", args.size, "--seed", str(args.seed)])
+                         "--patients", str(args.patients), "--size", args.size, "--seed", str(args.seed),
+                         "--mr-every", "3"])  # every third relapse image is MR
         if rc:
             return rc
     else:
@@ -119,8 +120,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     duck = data_dir / "rtmap.duckdb"
     with duckdb.connect(str(duck), read_only=True) as con:
         rows = con.sql("select * from main.patient_summary order by patient_id").pl().to_dicts()
+    _add_truth_agreement(rows, lake, data_dir / "truth" / config.trial)
     print(f"\nPer-patient summary (high-risk level) — {time.perf_counter() - t0:.0f} s in all")
-    _print_table(rows, ["patient_id", "arm", "arm_source", "uncertainty_mm", "radius_mm", "high_centroid_class",
+    _print_table(rows, ["patient_id", "vs_truth", "arm", "arm_source", "uncertainty_mm", "radius_mm", "high_centroid_class",
                         "high_volume_class", "high_dawson_class", "mohamed_type", "high_probability_inside",
                         "tre_mean_mm", "open_issues", "issue_codes"])
     print(f"""
@@ -132,6 +134,24 @@ Outputs
   seed CSVs:          {lake.root / 'seed_csv'}
   Dagster instance:   {os.environ['DAGSTER_HOME']}   (open the UI: rtmap ui)""")
     return 0
+
+
+def _add_truth_agreement(rows: list[dict], lake, truth_dir: Path) -> None:
+    """Synthetic patients: does every class of every level and scheme equal the generator's truth?"""
+    import json
+
+    import polars as pl
+
+    from rtmap_assets.defs.checks import truth_mismatches
+
+    classification = lake.read_table("recurrence_classification")
+    for row in rows:
+        f = truth_dir / f"{row['patient_id']}.json"
+        mine = classification.filter(pl.col("patient_id") == row["patient_id"]) if classification.height else None
+        if not f.exists() or mine is None or mine.is_empty():
+            row["vs_truth"] = "-"
+            continue
+        row["vs_truth"] = "agrees" if not truth_mismatches(mine, json.loads(f.read_text())) else "DIFFERS"
 
 
 def _cmd_ui(args: argparse.Namespace) -> int:
