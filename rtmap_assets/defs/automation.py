@@ -8,7 +8,6 @@ phases on each tick, remembered in its cursor:
    patient alone, with run key `<patient>:<fingerprint>` (so the same data is never run twice).
 """
 
-
 import hashlib
 import json
 import os

@@ -1,6 +1,5 @@
 """Bronze: header-only DICOM catalog and the patient manifest (roles of each DICOM object)."""
 
-
 import polars as pl
 
 import dagster as dg

@@ -4,7 +4,6 @@ Severities: registration quality and dose-statistics sanity WARN (a physicist sh
 goes on); a patient without its full set of classification rows is an ERROR that blocks.
 """
 
-
 import polars as pl
 
 import dagster as dg

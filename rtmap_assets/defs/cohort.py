@@ -4,7 +4,6 @@ These follow the per-patient assets by declarative automation (`eager`), so a ne
 is reflected without anyone asking.
 """
 
-
 import hashlib
 
 import polars as pl

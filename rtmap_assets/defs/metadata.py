@@ -1,6 +1,5 @@
 """Small helpers for materialisation metadata shown in the Dagster UI."""
 
-
 import polars as pl
 
 import dagster as dg

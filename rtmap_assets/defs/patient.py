@@ -5,7 +5,6 @@ subprocess costs seconds, more than the dosimetry itself. A patient whose input 
 version and configuration are unchanged is not recomputed: the step re-reports the stored result.
 """
 
-
 import hashlib
 import json
 import shutil

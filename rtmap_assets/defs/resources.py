@@ -1,6 +1,5 @@
 """Where the pipeline reads and writes, as one typed resource (paths never live in code)."""
 
-
 import os
 import sys
 from pathlib import Path

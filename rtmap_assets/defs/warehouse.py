@@ -4,7 +4,6 @@ The dbt sources are the lake tables the other assets write, so the dbt models si
 them in one graph and follow them by declarative automation.
 """
 
-
 import os
 import subprocess
 from collections.abc import Mapping
