@@ -74,6 +74,10 @@ class SitkSettings:
     bspline_level_samples: tuple[int, ...] = (10000, 30000)
     bspline_iterations: tuple[int, ...] = (60, 100)
     bspline_smoothness: float = 3e-6  # weight of the Laplacian penalty on the coefficients (mm^-2)
+    # B-spline samples are kept only where the level's starting transform maps them >= this far inside the moving
+    # image: samples that enter/leave the relapse field of view during optimisation bias the field near
+    # its ends (the near z-invariant anatomy there lets MI gain by pulling samples inside).
+    bspline_moving_margin_mm: float = 10.0
     seed: int = 1
 
 
@@ -319,7 +323,20 @@ def optimise_bspline_mi(fixed: sitk.Image, moving: sitk.Image, rigid: sitk.Euler
     f_level = ndimage.gaussian_filter(farr, smooth_mm / np.asarray(fixed.GetSpacing())[::-1]) if smooth_mm > 0 \
         else farr
     moving_sampler = _MovingSampler(moving, smooth_mm)
-    pick = rng.choice(kji, size=min(n_samples, len(kji)), replace=False)
+    # Oversample, then keep the samples that the starting transform maps at least
+    # `bspline_moving_margin_mm` inside the moving image (a fixed sample set that does not change with
+    # the field, so the optimiser cannot gain by pulling samples into the relapse field of view).
+    pick = rng.choice(kji, size=min(3 * n_samples, len(kji)), replace=False)
+    k0, j0, i0 = np.unravel_index(pick, farr.shape)
+    p0 = np.asarray(fixed.GetOrigin()) + (np.stack([i0, j0, k0], 1) * np.asarray(fixed.GetSpacing())) @ \
+        np.asarray(fixed.GetDirection()).reshape(3, 3).T
+    m0 = (p0 + bspline_weight_matrix(bspline, p0) @ params.reshape(3, n_nodes).T - centre) @ a_mat.T + centre + trans
+    c0 = ((m0 - moving_sampler.origin) @ moving_sampler.direction) / moving_sampler.spacing
+    margin = s.bspline_moving_margin_mm / moving_sampler.spacing
+    well_inside = np.all((c0 >= margin) & (c0 <= moving_sampler.shape - 1 - margin), axis=1)
+    if int(well_inside.sum()) >= min(n_samples, len(pick)) // 4:
+        pick = pick[well_inside]
+    pick = pick[:n_samples]
     k, j, i = np.unravel_index(pick, farr.shape)
     idx = np.stack([i, j, k], 1).astype(float) + rng.uniform(-0.5, 0.5, (len(pick), 3))
     pts = np.asarray(fixed.GetOrigin()) + (idx * np.asarray(fixed.GetSpacing())) @ np.asarray(
