@@ -9,7 +9,7 @@ import SimpleITK as sitk
 from rtmap_assets.imaging import grid as wg
 from rtmap_assets.imaging.mapping import invert_points, map_mask, mask_centroid_mm, mask_volume_cc, transform_points
 from rtmap_assets.imaging.qc import ellipsoid_mask, jacobian_stats, landmark_distance_mm, overlap_metrics
-from rtmap_assets.imaging.registration import ENGINES, bspline_weight_matrix, register
+from rtmap_assets.imaging.registration import ENGINES, bspline_weight_matrix, inside_with_margin, register
 
 SPACING = 2.0
 
@@ -142,6 +142,33 @@ def test_sparse_bspline_weights_match_simpleitk():
     a = bspline_weight_matrix(b, pts)
     u = a @ params.reshape(3, -1).T
     assert u == pytest.approx(transform_points(b, pts) - pts, abs=1e-9)
+
+
+def test_registration_is_reproducible_with_two_threads(fixed):
+    """Same inputs, same transform to the last bit (ITK's threaded metric sums are kept single-threaded)."""
+    truth = rigid(angles_deg=(1.0, 0.0, -2.0), translation=(3.0, 1.0, -2.0))
+    moving = moving_from(fixed, truth)
+    first = _register(fixed, moving, truth).transform
+    second = _register(fixed, moving, truth).transform
+    for k in range(first.GetNumberOfTransforms()):
+        assert first.GetNthTransform(k).GetParameters() == second.GetNthTransform(k).GetParameters()
+
+
+def test_bspline_samples_are_kept_only_well_inside_the_relapse_field():
+    image = sitk.Image([10, 10, 20], sitk.sitkFloat32)  # voxel centres span x, y 0..18 mm, z 0..38 mm
+    image.SetSpacing((2.0, 2.0, 2.0))
+    pts = np.array([[9.0, 9.0, 19.0],  # centre
+                    [2.0, 9.0, 19.0],  # exactly 2 mm from the x = 0 edge
+                    [1.9, 9.0, 19.0],  # just under 2 mm
+                    [9.0, 9.0, 36.5],  # 1.5 mm from the superior edge
+                    [9.0, 9.0, -4.0],  # outside
+                    ])
+    assert inside_with_margin(pts, image, 2.0).tolist() == [True, True, False, False, False]
+    assert inside_with_margin(pts, image, 0.0).tolist() == [True, True, True, True, False]
+    # direction cosines are honoured: a grid flipped in z runs from its origin towards -z
+    image.SetOrigin((0.0, 0.0, 38.0))
+    image.SetDirection((1, 0, 0, 0, 1, 0, 0, 0, -1))
+    assert inside_with_margin(pts, image, 2.0).tolist() == [True, True, False, False, False]
 
 
 def test_unknown_engine_rejected(fixed):
