@@ -90,9 +90,29 @@ def test_pipeline_end_to_end(data_dir, monkeypatch):
     assert summary["SYN-BROKEN"] == (False, 2, "NOT_IN_MANIFEST, NO_RTDOSE")
     assert summary["SYN-001"] == (True, 0, None)
     assert (data_dir / "lake" / "dashboards" / "cohort_dashboard.html").stat().st_size > 10_000
+    # dbt's per-run artefacts go with the data, not into the dbt project
+    (dbt_run,) = (data_dir / "logs" / "dbt").iterdir()
+    assert dbt_run.name == cohort.run_id and (dbt_run / "run_results.json").exists()
 
     # No identifying tag anywhere in the lake.
     for table in ("dicom_files", "patient_manifest", "trial_covariates", "recurrence_classification"):
         df = lake.read_table(table)
         text = str(df.to_dicts())
         assert "Synthetic^" not in text and "patient_name" not in df.columns and "birth" not in text.lower()
+
+
+def test_dbt_run_targets_are_pruned_to_the_newest(tmp_path):
+    import os
+
+    from rtmap_assets.defs.resources import RtmapPaths
+    from rtmap_assets.defs.warehouse import DBT_RUNS_KEPT, dbt_run_target
+
+    runs = tmp_path / "logs" / "dbt"
+    for i in range(DBT_RUNS_KEPT + 3):
+        (runs / f"run{i:02d}").mkdir(parents=True)
+        os.utime(runs / f"run{i:02d}", (1_000_000 + i, 1_000_000 + i))
+    target = dbt_run_target(RtmapPaths(data_dir=str(tmp_path)), "new-run")
+    assert target == runs / "new-run"
+    kept = sorted(p.name for p in runs.iterdir())
+    # room for the new run: the newest DBT_RUNS_KEPT - 1 old runs stay
+    assert kept == [f"run{i:02d}" for i in range(4, DBT_RUNS_KEPT + 3)]

@@ -5,6 +5,7 @@ them in one graph and follow them by declarative automation.
 """
 
 import os
+import shutil
 import subprocess
 from collections.abc import Mapping
 from pathlib import Path
@@ -46,11 +47,28 @@ def _dbt_env(paths: RtmapPaths) -> None:
     os.environ.setdefault("DBT_SEND_ANONYMOUS_USAGE_STATS", "false")
 
 
+DBT_RUNS_KEPT = 10
+
+
+def dbt_run_target(paths: RtmapPaths, run_id: str) -> Path:
+    """This run's dbt target folder, `<data>/logs/dbt/<run id>`, after pruning all but the newest runs.
+
+    dagster-dbt's default is a new folder per run inside the dbt project (~2.4 MB each), which grows
+    without bound under a nightly schedule and sits in the source tree rather than with the data.
+    """
+    runs = paths.root / "logs" / "dbt"
+    runs.mkdir(parents=True, exist_ok=True)
+    old = sorted((p for p in runs.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime)
+    for stale in old[: max(len(old) - (DBT_RUNS_KEPT - 1), 0)]:
+        shutil.rmtree(stale, ignore_errors=True)
+    return runs / run_id
+
+
 @dbt_assets(manifest=dbt_project.manifest_path, dagster_dbt_translator=LakeTranslator(), name="warehouse_models")
 def warehouse_models(context: dg.AssetExecutionContext, dbt: DbtCliResource, paths: RtmapPaths):
     """Staging views and mart tables in data/rtmap.duckdb, with the YAML tests as asset checks."""
     _dbt_env(paths)
-    yield from dbt.cli(["build"], context=context).stream()
+    yield from dbt.cli(["build"], context=context, target_path=dbt_run_target(paths, context.run.run_id)).stream()
 
 
 @dg.asset(
