@@ -9,7 +9,10 @@ recurrence Dice against the true recurrence. Results are written as a Markdown t
 machine description.
 
     .venv/bin/python benchmarks/registration_benchmark.py --seeds 1 2 3 --engines sitk elastix skrt \
-        --out benchmarks/RESULTS.md
+        --cohort 9 --out benchmarks/RESULTS.md
+
+`--cohort N` adds the per-patient spread of the default engine on a demo-style cohort (arms and
+recurrence cases cycling, every third relapse an MR), the same kind of patients `rtmap demo` makes.
 """
 
 from __future__ import annotations
