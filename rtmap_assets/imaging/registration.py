@@ -112,14 +112,19 @@ def _method(fixed: sitk.Image, bins: int, mask: sitk.Image | None, shrink: tuple
     return reg
 
 
-def _execute(reg: sitk.ImageRegistrationMethod, fixed: sitk.Image, moving: sitk.Image, threads: int) -> None:
-    """Run `reg` with `threads` threads (the metric only follows the global default, not the method's own)."""
+def _execute(reg: sitk.ImageRegistrationMethod, transform: sitk.Transform, fixed: sitk.Image, moving: sitk.Image,
+             threads: int, stage: str) -> None:
+    """Optimise `transform` in place with `threads` threads (the metric follows only the global default,
+    not the method's own thread count), optimizer scales from physical shifts."""
+    reg.SetOptimizerScalesFromPhysicalShift()
+    reg.SetInitialTransform(transform, inPlace=True)
     before = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
     try:
         reg.Execute(fixed, moving)
     finally:
         sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(before)
+    log.debug("%s: %s", stage, reg.GetOptimizerStopConditionDescription())
 
 
 def _register_sitk(fixed: sitk.Image, moving: sitk.Image, t0: np.ndarray, fixed_landmark: np.ndarray,
@@ -141,10 +146,7 @@ def _register_sitk(fixed: sitk.Image, moving: sitk.Image, t0: np.ndarray, fixed_
                                                  numberOfIterations=s.translation_iterations,
                                                  relaxationFactor=0.5, estimateLearningRate=reg.EachIteration,
                                                  maximumStepSizeInPhysicalUnits=4.0)
-    reg.SetOptimizerScalesFromPhysicalShift()
-    reg.SetInitialTransform(translation, inPlace=True)
-    _execute(reg, fixed, moving, s.linear_stage_threads)
-    log.debug("translation: %s", reg.GetOptimizerStopConditionDescription())
+    _execute(reg, translation, fixed, moving, s.linear_stage_threads, "translation")
     timings["translation_s"] = time.perf_counter() - t
 
     # Rigid, rotating about the planning landmark (the region the study is about).
@@ -158,10 +160,7 @@ def _register_sitk(fixed: sitk.Image, moving: sitk.Image, t0: np.ndarray, fixed_
                                                   convergenceMinimumValue=1e-6, convergenceWindowSize=10,
                                                   lineSearchUpperLimit=3.0, estimateLearningRate=reg.EachIteration,
                                                   maximumStepSizeInPhysicalUnits=2.0)
-    reg.SetOptimizerScalesFromPhysicalShift()
-    reg.SetInitialTransform(rigid, inPlace=True)
-    _execute(reg, fixed, moving, s.linear_stage_threads)
-    log.debug("rigid: %s", reg.GetOptimizerStopConditionDescription())
+    _execute(reg, rigid, fixed, moving, s.linear_stage_threads, "rigid")
     timings["rigid_s"] = time.perf_counter() - t
 
     # B-spline on a control grid of ~bspline_grid_mm, composed after the rigid transform, optimised by
