@@ -71,6 +71,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from rtmap_assets.config import load_trial_config
     from rtmap_assets.definitions import defs as load_defs
     from rtmap_assets.lake import Lake
+    from rtmap_assets.lake.contract import TABLES
 
     config = load_trial_config(os.environ.get("RTMAP_TRIAL_CONFIG") or None)
     raw_trial = data_dir / "raw" / config.trial
@@ -92,11 +93,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     print(f"[2/4] catalog + manifest (Dagster instance {os.environ['DAGSTER_HOME']})")
     defs.resolve_job_def("bronze_job").execute_in_process(instance=instance, run_config=quiet)
     lake = Lake(data_dir / "lake")
-    manifest = lake.read_table("patient_manifest")
-    files = lake.read_table("dicom_files")
+    manifest = lake.read(TABLES["patient_manifest"])
+    files = lake.read(TABLES["dicom_files"])
     patients = sorted(set(files["patient_id"].drop_nulls().to_list())) if files.height else []
     ready = sorted(set(manifest["patient_id"].to_list())) if manifest.height else []
-    print(f"      {files.height} DICOM files, {lake.read_table('dicom_rejects').height} rejects, "
+    print(f"      {files.height} DICOM files, {lake.read(TABLES['dicom_rejects']).height} rejects, "
           f"{len(patients)} patients, {len(ready)} with a complete manifest")
     instance.add_dynamic_partitions("patients", [p for p in ready if not instance.has_dynamic_partition("patients", p)])
 
@@ -144,7 +145,9 @@ def _add_truth_agreement(rows: list[dict], lake, truth_dir: Path) -> None:
 
     from rtmap_assets.defs.checks import truth_mismatches
 
-    classification = lake.read_table("recurrence_classification")
+    from rtmap_assets.lake.contract import TABLES
+
+    classification = lake.read(TABLES["recurrence_classification"])
     for row in rows:
         f = truth_dir / f"{row['patient_id']}.json"
         mine = classification.filter(pl.col("patient_id") == row["patient_id"]) if classification.height else None

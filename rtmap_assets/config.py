@@ -158,3 +158,19 @@ def load_trial_config(path: str | Path | None = None) -> TrialConfig:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     return parse_trial_config(data, source=str(path))
+
+
+def config_fingerprint(config: TrialConfig, sections: tuple[str, ...]) -> str:
+    """Hash of only the named top-level sections of the configuration.
+
+    Each pipeline stage declares the sections it reads (`CONFIG_SECTIONS` beside its code), so a change
+    of a classification threshold re-classifies without re-registering anyone.
+    """
+    import hashlib
+    import json
+
+    unknown = [s for s in sections if s not in TrialConfig.model_fields]
+    if unknown:
+        raise ValueError(f"unknown configuration sections {unknown}")
+    data = config.model_dump(mode="json", include=set(sections))
+    return hashlib.sha1(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]

@@ -38,7 +38,7 @@ def test_cohort_follows_patients(data_dir, monkeypatch):
 
     # Materialise what automation asked for, then the next tick (same cursor chain) asks for nothing more.
     dg.materialize([defs.get_assets_def(dg.AssetKey(k)) for k in ("cohort_uncertainty", "seed_classification_csv")],
-                   instance=instance, resources={"paths": defs.resources["paths"]})
+                   instance=instance, resources={"paths": defs.resources["paths"], "trial": defs.resources["trial"]})
     third = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=second.cursor)
     assert {"cohort_uncertainty", "seed_classification_csv"}.isdisjoint(_requested(third))
 
@@ -55,6 +55,7 @@ def test_cohort_radius_change_reclassifies_everyone(data_dir, monkeypatch, tmp_p
 
     from rtmap_assets.config import DEFAULT_CONFIG_PATH
     from rtmap_assets.lake import Lake
+    from rtmap_assets.lake.contract import TABLES
 
     cfg = yaml.safe_load(DEFAULT_CONFIG_PATH.read_text())
     cfg["uncertainty"]["policy"] = "cohort"
@@ -72,12 +73,12 @@ def test_cohort_radius_change_reclassifies_everyone(data_dir, monkeypatch, tmp_p
     patient_job.execute_in_process(instance=instance, partition_key="SYN-001")
     patient_job.execute_in_process(instance=instance, partition_key="SYN-002")
     lake = Lake(data_dir / "lake")
-    cls = lake.read_table("recurrence_classification")
+    cls = lake.read(TABLES["recurrence_classification"])
     assert set(cls["radius_policy"]) == {"cohort"}
 
     second = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=first.cursor)
     dg.materialize([defs.get_assets_def(dg.AssetKey("cohort_uncertainty"))], instance=instance,
-                   resources={"paths": defs.resources["paths"]})
+                   resources={"paths": defs.resources["paths"], "trial": defs.resources["trial"]})
     third = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=second.cursor)
     requested = third.get_requested_partitions(dg.AssetKey("recurrence_classification"))
     assert requested == {"SYN-001", "SYN-002"}
@@ -85,12 +86,12 @@ def test_cohort_radius_change_reclassifies_everyone(data_dir, monkeypatch, tmp_p
     # Doing what automation asked gives every patient the same, current cohort radius.
     for pid in sorted(requested):
         patient_job.execute_in_process(instance=instance, partition_key=pid)
-    cls = lake.read_table("recurrence_classification")
+    cls = lake.read(TABLES["recurrence_classification"])
     assert cls["radius_mm"].n_unique() == 1
-    assert cls["radius_mm"][0] == pytest.approx(lake.read_table("cohort_uncertainty")["cohort_radius_mm"][0])
+    assert cls["radius_mm"][0] == pytest.approx(lake.read(TABLES["cohort_uncertainty"])["cohort_radius_mm"][0])
 
     # cohort_uncertainty re-materialised with the same radius (same data version): nobody is re-classified.
     dg.materialize([defs.get_assets_def(dg.AssetKey("cohort_uncertainty"))], instance=instance,
-                   resources={"paths": defs.resources["paths"]})
+                   resources={"paths": defs.resources["paths"], "trial": defs.resources["trial"]})
     fourth = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=third.cursor)
     assert not fourth.get_requested_partitions(dg.AssetKey("recurrence_classification"))

@@ -9,6 +9,7 @@ import pytest
 import dagster as dg
 from rtmap_assets.config import LEVELS
 from rtmap_assets.lake import Lake
+from rtmap_assets.lake.contract import TABLES
 from rtmap_assets.pipeline.issues import read_issues
 
 pytestmark = pytest.mark.slow
@@ -48,7 +49,7 @@ def test_pipeline_end_to_end(data_dir, monkeypatch):
     assert defs.resolve_job_def("bronze_job").execute_in_process(instance=instance).success
     lake = Lake(data_dir / "lake")
 
-    manifest = lake.read_table("patient_manifest")
+    manifest = lake.read(TABLES["patient_manifest"])
     ready = sorted(manifest["patient_id"].unique().to_list())
     assert ready == ["SYN-001", "SYN-002"]
     issues = read_issues(lake)
@@ -61,15 +62,15 @@ def test_pipeline_end_to_end(data_dir, monkeypatch):
     assert not results["SYN-BROKEN"].success
     assert all(results[p].success for p in ready)
 
-    cls = lake.read_table("recurrence_classification")
+    cls = lake.read(TABLES["recurrence_classification"])
     assert cls.height == 3 * len(ready)
     assert set(cls["level"]) == set(LEVELS)
     for pid in ready:
         checks = {e.check_name: e.passed for e in results[pid].get_asset_check_evaluations()}
         assert checks["classification_complete"], pid
         assert checks["matches_ground_truth"], pid
-    assert lake.read_table("dose_statistics").height > 0
-    mapped = lake.read_table("mapped_structures").filter((pl.col("role") == "comparison") & (pl.col("space") == "mapped"))
+    assert lake.read(TABLES["dose_statistics"]).height > 0
+    mapped = lake.read(TABLES["mapped_structures"]).filter((pl.col("role") == "comparison") & (pl.col("space") == "mapped"))
     assert mapped.height >= 2 * len(ready) and mapped["dice_vs_planning"].min() > 0.7
     assert "SYN-BROKEN" in read_issues(lake)["patient_id"].to_list()
 
@@ -96,7 +97,7 @@ def test_pipeline_end_to_end(data_dir, monkeypatch):
 
     # No identifying tag anywhere in the lake.
     for table in ("dicom_files", "patient_manifest", "trial_covariates", "recurrence_classification"):
-        df = lake.read_table(table)
+        df = lake.read(TABLES[table])
         text = str(df.to_dicts())
         assert "Synthetic^" not in text and "patient_name" not in df.columns and "birth" not in text.lower()
 

@@ -12,7 +12,7 @@ import dagster as dg
 import pytest
 
 from rtmap_assets.defs.automation import raw_exports_sensor
-from rtmap_assets.defs.resources import RtmapPaths
+from rtmap_assets.defs.resources import RtmapPaths, TrialSettings
 
 TRIAL = "SYNTH-HN"
 
@@ -27,7 +27,7 @@ def env(data_dir, monkeypatch):
 
 def _tick(instance, cursor, data_dir):
     ctx = dg.build_sensor_context(instance=instance, cursor=cursor,
-                                  resources={"paths": RtmapPaths(data_dir=str(data_dir))})
+                                  resources={"paths": RtmapPaths(data_dir=str(data_dir)), "trial": TrialSettings()})
     result = raw_exports_sensor(ctx)
     for req in result.dynamic_partitions_requests:
         instance.add_dynamic_partitions(req.partitions_def_name, list(req.partition_keys))

@@ -7,6 +7,7 @@ import polars as pl
 import pytest
 
 from rtmap_assets.lake import Lake, atomic_write, write_parquet
+from rtmap_assets.lake.contract import TableSpec
 from rtmap_assets.naming import first_match, match_aliases
 from rtmap_assets.pipeline.covariates import read_covariates
 from rtmap_assets.pipeline.issues import read_issues, record_issues
@@ -26,13 +27,30 @@ def test_failed_write_leaves_previous_file_and_no_temp(tmp_path):
     assert [p.name for p in target.parent.iterdir()] == ["data.parquet"]
 
 
-def test_lake_reads_patient_partitions(tmp_path):
+SPEC = TableSpec("t", "patient", {"patient_id": pl.String(), "x": pl.Float64(), "y": pl.String()})
+
+
+def test_lake_replaces_and_reads_patients_through_the_contract(tmp_path):
     lake = Lake(tmp_path)
-    lake.write_patient_table("t", "P1", pl.DataFrame({"patient_id": ["P1"], "x": [1.0]}))
-    lake.write_patient_table("t", "P2", pl.DataFrame({"patient_id": ["P2"], "x": [2.0], "y": ["new"]}))
-    df = lake.read_table("t").sort("patient_id")
-    assert df["x"].to_list() == [1.0, 2.0] and df["y"].to_list() == [None, "new"]
-    assert lake.read_table("missing").is_empty()
+    lake.replace_patient(SPEC, "P1", pl.DataFrame({"patient_id": ["P1"], "x": [1], "y": [None]}))
+    lake.replace_patient(SPEC, "P2", pl.DataFrame({"patient_id": ["P2"], "x": [2.0], "y": ["new"]}))
+    lake.replace_patient(SPEC, "P1", pl.DataFrame({"patient_id": ["P1"], "x": [3.0], "y": ["again"]}))
+    df = lake.read(SPEC).sort("patient_id")
+    assert df["x"].to_list() == [3.0, 2.0] and df["y"].to_list() == ["again", "new"]
+    assert df.schema == SPEC.schema  # cast to the contract's types (x was written as an integer)
+    assert lake.read(SPEC, patient_id="P2")["x"].to_list() == [2.0]
+    assert lake.read(TableSpec("missing", "cohort", SPEC.schema)).schema == SPEC.schema
+
+
+def test_lake_refuses_rows_that_break_the_contract(tmp_path):
+    with pytest.raises(ValueError, match=r"missing \['y'\], unexpected \['z'\]"):
+        Lake(tmp_path).replace_patient(SPEC, "P1", pl.DataFrame({"patient_id": ["P1"], "x": [1.0], "z": [1]}))
+
+
+def test_issues_are_not_written_when_there_were_none_and_are_none(tmp_path):
+    lake = Lake(tmp_path)
+    record_issues(lake, "P1", "imaging", [])
+    assert not (tmp_path / "pipeline_issues").exists()
 
 
 def test_issues_replace_per_stage(tmp_path):

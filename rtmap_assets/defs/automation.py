@@ -17,11 +17,13 @@ import polars as pl
 
 import dagster as dg
 from rtmap_assets.defs.partitions import patients_partitions
-from rtmap_assets.defs.resources import RtmapPaths
+from rtmap_assets.defs.resources import RtmapPaths, TrialSettings
+from rtmap_assets.lake.contract import PATIENT_MANIFEST, REGISTRATION_QC, TableSpec
 
 bronze_job = dg.define_asset_job(
     "bronze_job",
-    selection=dg.AssetSelection.assets("dicom_files", "dicom_rejects", "patient_manifest", "trial_covariates"),
+    selection=dg.AssetSelection.assets("dicom_files", "dicom_rejects", "patient_manifest", "manifest_issues",
+                                       "trial_covariates"),
     description="Header catalog of the raw folder, patient manifest and covariates.",
     executor_def=dg.in_process_executor,
 )
@@ -29,8 +31,7 @@ bronze_job = dg.define_asset_job(
 # One process per patient: both steps run in the run's own process (a step subprocess costs seconds).
 patient_job = dg.define_asset_job(
     "patient_job",
-    selection=dg.AssetSelection.assets(
-        "registration_qc", "mapped_structures", "recurrence_classification", "dose_statistics"),
+    selection=dg.AssetSelection.groups("patient_silver", "patient_gold"),
     partitions_def=patients_partitions,
     description="Everything for one patient: registration, mapped structures, dose statistics, classification.",
     executor_def=dg.in_process_executor,
@@ -62,10 +63,12 @@ def raw_folder_state(raw_trial_dir: Path) -> dict[str, str]:
     return state
 
 
-def _fingerprints(paths: RtmapPaths, table: str) -> dict[str, str]:
-    """patient_id → input_fingerprint as recorded in a lake table (manifest: current; registration_qc: done)."""
-    df = paths.lake.read_table(table)
-    if df.is_empty() or "input_fingerprint" not in df.columns:
+def _fingerprints(paths: RtmapPaths, spec: TableSpec) -> dict[str, str]:
+    """patient_id → input_fingerprint as recorded in a lake table (manifest: current; registration_qc: done).
+
+    Reads two columns only: the sensor never loads whole tables."""
+    df = paths.lake.read(spec, columns=["patient_id", "input_fingerprint"])
+    if df.is_empty():
         return {}
     fp = df.group_by("patient_id").agg(pl.col("input_fingerprint").first())
     return dict(zip(fp["patient_id"].to_list(), fp["input_fingerprint"].to_list()))
@@ -77,11 +80,11 @@ def _fingerprints(paths: RtmapPaths, table: str) -> dict[str, str]:
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="New or changed patient exports in data/raw/<trial>/ → catalog, new partitions, per-patient runs.",
 )
-def raw_exports_sensor(context: dg.SensorEvaluationContext, paths: RtmapPaths) -> dg.SensorResult:
+def raw_exports_sensor(context: dg.SensorEvaluationContext, paths: RtmapPaths, trial: TrialSettings) -> dg.SensorResult:
     cursor = json.loads(context.cursor) if context.cursor else {"raw": {}, "patients": {}}
     runs: list[dg.RunRequest] = []
 
-    raw = raw_folder_state(paths.raw_trial_dir())
+    raw = raw_folder_state(paths.raw_root / trial.config.trial)
     if raw != cursor["raw"]:
         changed = sorted(k for k in raw.keys() | cursor["raw"].keys() if raw.get(k) != cursor["raw"].get(k))
         key = hashlib.sha1(json.dumps(raw, sort_keys=True).encode()).hexdigest()[:16]
@@ -91,8 +94,8 @@ def raw_exports_sensor(context: dg.SensorEvaluationContext, paths: RtmapPaths) -
 
     new_partitions: list[str] = []
     existing = set(context.instance.get_dynamic_partitions(patients_partitions.name))
-    registered = _fingerprints(paths, "registration_qc")
-    for pid, fingerprint in sorted(_fingerprints(paths, "patient_manifest").items()):
+    registered = _fingerprints(paths, REGISTRATION_QC)
+    for pid, fingerprint in sorted(_fingerprints(paths, PATIENT_MANIFEST).items()):
         if cursor["patients"].get(pid) == fingerprint:
             continue
         cursor["patients"][pid] = fingerprint

@@ -5,9 +5,11 @@ import polars as pl
 import dagster as dg
 from rtmap_assets.dicom.catalog import catalog_folder
 from rtmap_assets.dicom.manifest import build_manifest
+from rtmap_assets.defs.lake_io import read_upstream
 from rtmap_assets.defs.metadata import md_table
-from rtmap_assets.defs.resources import RtmapPaths
-from rtmap_assets.pipeline.issues import issue_path, record_issues
+from rtmap_assets.defs.resources import RtmapPaths, TrialSettings
+from rtmap_assets.lake.contract import DICOM_FILES, DICOM_REJECTS, PATIENT_MANIFEST, PIPELINE_ISSUES
+from rtmap_assets.pipeline.issues import record_issues
 
 BRONZE = "bronze"
 
@@ -15,7 +17,7 @@ BRONZE = "bronze"
 @dg.multi_asset(
     specs=[
         dg.AssetSpec(
-            "dicom_files",
+            DICOM_FILES.name,
             description="One row per readable DICOM file under data/raw/<trial>/: UIDs, modality, SOP class, "
             "dates, FrameOfReference, referenced series/FoR, structure names, path, size. Header-only; no "
             "identifying tags beyond the trial subject ID.",
@@ -23,7 +25,7 @@ BRONZE = "bronze"
             kinds={"parquet", "dicom"},
         ),
         dg.AssetSpec(
-            "dicom_rejects",
+            DICOM_REJECTS.name,
             description="Files under the raw folder that are not usable DICOM (junk, corrupt, duplicate "
             "SOPInstanceUID), each with the reason.",
             group_name=BRONZE,
@@ -32,24 +34,25 @@ BRONZE = "bronze"
     ],
     can_subset=False,
 )
-def dicom_catalog(context: dg.AssetExecutionContext, paths: RtmapPaths):
+def dicom_catalog(context: dg.AssetExecutionContext, paths: RtmapPaths, trial: TrialSettings):
     """Incremental: files whose path, size and mtime are unchanged keep their previous row."""
     lake = paths.lake
-    prev_files = lake.read_table("dicom_files")
-    prev_rejects = lake.read_table("dicom_rejects")
+    # The catalog's own previous state (not an upstream): unchanged files are not read again.
+    prev_files = lake.read(DICOM_FILES)
+    prev_rejects = lake.read(DICOM_REJECTS)
     result = catalog_folder(
-        paths.raw_trial_dir(),
+        paths.raw_root / trial.config.trial,
         previous_files=prev_files if prev_files.height else None,
         previous_rejects=prev_rejects if prev_rejects.height else None,
     )
-    files_path = lake.write_cohort_table("dicom_files", result.files)
-    rejects_path = lake.write_cohort_table("dicom_rejects", result.rejects)
+    files_path = lake.replace_all(DICOM_FILES, result.files)
+    rejects_path = lake.replace_all(DICOM_REJECTS, result.rejects)
     context.log.info(
         f"catalog: {result.files.height} files ({result.n_read} read, {result.n_reused} reused, "
         f"{result.n_removed} removed), {result.rejects.height} rejects"
     )
     yield dg.MaterializeResult(
-        asset_key="dicom_files",
+        asset_key=DICOM_FILES.name,
         metadata={
             "dagster/row_count": result.files.height,
             "files_read": result.n_read,
@@ -60,7 +63,7 @@ def dicom_catalog(context: dg.AssetExecutionContext, paths: RtmapPaths):
         },
     )
     yield dg.MaterializeResult(
-        asset_key="dicom_rejects",
+        asset_key=DICOM_REJECTS.name,
         metadata={
             "dagster/row_count": result.rejects.height,
             "path": dg.MetadataValue.path(str(rejects_path)),
@@ -69,44 +72,54 @@ def dicom_catalog(context: dg.AssetExecutionContext, paths: RtmapPaths):
     )
 
 
-@dg.asset(
-    deps=["dicom_files"],
-    description="Roles per patient (planning CT / RTSTRUCT / RTDOSE, relapse image / RTSTRUCT) with the reason "
-    "for each choice (DESIGN.md rule 1). Missing or ambiguous roles become pipeline_issues rows, never a guess.",
-    group_name=BRONZE,
-    kinds={"parquet"},
+@dg.multi_asset(
+    specs=[
+        dg.AssetSpec(
+            PATIENT_MANIFEST.name, deps=[DICOM_FILES.name],
+            description="Roles per patient (planning CT / RTSTRUCT / RTDOSE, relapse image / RTSTRUCT) with the reason "
+            "for each choice (rule 1). Missing or ambiguous roles become pipeline_issues rows, never a guess.",
+            group_name=BRONZE, kinds={"parquet"}),
+        dg.AssetSpec(
+            "manifest_issues", deps=[DICOM_FILES.name],
+            description="The manifest's pipeline_issues rows (stage 'manifest'): why a patient has no complete set "
+            "of roles.", group_name=BRONZE, kinds={"parquet"}),
+    ],
+    can_subset=False,
 )
-def patient_manifest(context: dg.AssetExecutionContext, paths: RtmapPaths) -> dg.MaterializeResult:
+def patient_manifest(context: dg.AssetExecutionContext, paths: RtmapPaths, trial: TrialSettings):
     lake = paths.lake
-    files = lake.read_table("dicom_files")
-    manifest, issues = build_manifest(files, paths.config())
-    out = lake.write_cohort_table("patient_manifest", manifest)
+    files = read_upstream(context, lake, DICOM_FILES)
+    manifest, issues = build_manifest(files, trial.config)
+    out = lake.replace_all(PATIENT_MANIFEST, manifest)
     # Rewrite every patient's manifest issues so solved problems disappear from pipeline_issues.
-    patients = set(files["patient_id"].drop_nulls().to_list()) if files.height else set()
-    for old in lake.table_dir("pipeline_issues").glob("patient=*/stage=manifest.parquet"):
-        patients.add(old.parent.name.removeprefix("patient="))
+    patients = set(files["patient_id"].drop_nulls().to_list()) | set(lake.patients_with_rows(PIPELINE_ISSUES))
     for pid in sorted(patients):
         rows = issues.filter(pl.col("patient_id") == pid).to_dicts() if issues.height else []
-        if rows or issue_path(lake, pid, "manifest").exists():
-            record_issues(lake, pid, "manifest", rows)
+        record_issues(lake, pid, "manifest", rows)
     ready = manifest["patient_id"].n_unique() if manifest.height else 0
     for row in issues.iter_rows(named=True) if issues.height else []:
         context.log.warning(f"{row['patient_id']}: [{row['code']}] {row['message']}")
-    return dg.MaterializeResult(
+    yield dg.MaterializeResult(
+        asset_key=PATIENT_MANIFEST.name,
         metadata={
             "dagster/row_count": manifest.height,
             "patients_ready": ready,
             "patients_with_issues": issues["patient_id"].n_unique() if issues.height else 0,
             "path": dg.MetadataValue.path(str(out)),
-            "issues": md_table(issues.select("patient_id", "code", "message") if issues.height else issues, 20),
         }
+    )
+    yield dg.MaterializeResult(
+        asset_key="manifest_issues",
+        metadata={"dagster/row_count": issues.height,
+                  "issues": md_table(issues.select("patient_id", "code", "message") if issues.height else issues, 20)},
     )
 
 
 pipeline_issues = dg.AssetSpec(
-    "pipeline_issues",
-    description="Why a patient or file did not make it through a stage (patient, stage, code, message, file). "
-    "Written by the manifest, imaging and dosimetry steps themselves; each rewrites its own rows per patient.",
+    PIPELINE_ISSUES.name,
+    deps=["manifest_issues", "imaging_issues", "dosimetry_issues"],
+    description="Why a patient or file did not make it through a stage (patient, stage, code, message, file): the "
+    "union of the manifest, imaging and dosimetry steps' issue rows, each replaced per patient and stage.",
     group_name=BRONZE,
     kinds={"parquet"},
 )

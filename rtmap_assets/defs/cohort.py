@@ -9,12 +9,13 @@ import hashlib
 import polars as pl
 
 import dagster as dg
-from rtmap_assets.config import TrialConfig
+from rtmap_assets.defs.lake_io import read_upstream
 from rtmap_assets.defs.metadata import md_table
-from rtmap_assets.defs.resources import RtmapPaths
+from rtmap_assets.defs.resources import RtmapPaths, TrialSettings
 from rtmap_assets.dosimetry.uncertainty import cohort_radius
-from rtmap_assets.lake import Lake
+from rtmap_assets.lake.contract import COHORT_UNCERTAINTY, RECURRENCE_CLASSIFICATION, REGISTRATION_QC, TRIAL_COVARIATES
 from rtmap_assets.pipeline.covariates import read_covariates
+from rtmap_assets.pipeline.dosimetry_patient import write_seed_csvs
 
 COHORT = "cohort"
 
@@ -29,10 +30,9 @@ COHORT_AUTOMATION = dg.AutomationCondition.eager().without(~dg.AutomationConditi
     group_name=COHORT,
     kinds={"parquet", "csv"},
 )
-def trial_covariates(context: dg.AssetExecutionContext, paths: RtmapPaths) -> dg.MaterializeResult:
-    config = paths.config()
-    df, dropped = read_covariates(paths.covariates_dir / f"{config.trial}.csv")
-    out = paths.lake.write_cohort_table("trial_covariates", df)
+def trial_covariates(context: dg.AssetExecutionContext, paths: RtmapPaths, trial: TrialSettings) -> dg.MaterializeResult:
+    df, dropped = read_covariates(paths.covariates_dir / f"{trial.config.trial}.csv")
+    out = paths.lake.replace_all(TRIAL_COVARIATES, df)
     if dropped:
         context.log.warning(f"covariate columns not whitelisted, left out of the lake: {dropped}")
     return dg.MaterializeResult(
@@ -42,39 +42,32 @@ def trial_covariates(context: dg.AssetExecutionContext, paths: RtmapPaths) -> dg
     )
 
 
-def landmark_distances(lake: Lake) -> pl.DataFrame:
+def landmark_distances(qc: pl.DataFrame) -> pl.DataFrame:
     """Every registered patient's landmark distance (the uncertainty input of rule 5)."""
-    qc = lake.read_table("registration_qc")
-    if qc.is_empty():
-        return pl.DataFrame(schema={"patient_id": pl.String, "landmark_distance_mm": pl.Float64})
     return qc.select("patient_id", pl.col("landmark_distance_mm").cast(pl.Float64))
 
 
-def current_cohort_radius(lake: Lake, config: TrialConfig) -> float | None:
-    """The 'cohort' policy radius over the patients registered so far (None when there are none)."""
-    d = landmark_distances(lake)["landmark_distance_mm"].drop_nulls()
-    if d.is_empty():
-        return None
-    return cohort_radius(d.to_list(), config.uncertainty.cohort_percentile, min_radius=config.grid_spacing_mm)
-
-
 @dg.asset(
-    deps=["registration_qc"],
+    deps=[REGISTRATION_QC.name],
     description="Cohort view of registration uncertainty: every patient's landmark distance and, for the "
     "'cohort' radius policy, the percentile radius all classifications use (rule 5).",
     group_name=COHORT,
     kinds={"parquet"},
     automation_condition=COHORT_AUTOMATION,
 )
-def cohort_uncertainty(context: dg.AssetExecutionContext, paths: RtmapPaths) -> dg.MaterializeResult:
-    config = paths.config()
-    radius = current_cohort_radius(paths.lake, config)
-    table = landmark_distances(paths.lake).with_columns(
+def cohort_uncertainty(context: dg.AssetExecutionContext, paths: RtmapPaths, trial: TrialSettings) -> dg.MaterializeResult:
+    config = trial.config
+    table = landmark_distances(read_upstream(context, paths.lake, REGISTRATION_QC,
+                                             columns=["patient_id", "landmark_distance_mm"]))
+    d = table["landmark_distance_mm"].drop_nulls()
+    radius = cohort_radius(d.to_list(), config.uncertainty.cohort_percentile,
+                           min_radius=config.grid_spacing_mm) if d.len() else None
+    table = table.with_columns(
         pl.lit(radius, dtype=pl.Float64).alias("cohort_radius_mm"),
         pl.lit(config.uncertainty.cohort_percentile).alias("cohort_percentile"),
         pl.lit(config.uncertainty.policy).alias("policy_in_use"),
     )
-    out = paths.lake.write_cohort_table("cohort_uncertainty", table)
+    out = paths.lake.replace_all(COHORT_UNCERTAINTY, table)
     # The data version is what the classifications depend on: it changes only when the cohort radius is
     # in use and changes, so a new patient does not re-classify everyone under the fixed/patient policies.
     used = f"{radius:.4f}" if config.uncertainty.policy == "cohort" and radius is not None else config.uncertainty.policy
@@ -86,15 +79,14 @@ def cohort_uncertainty(context: dg.AssetExecutionContext, paths: RtmapPaths) -> 
 
 
 @dg.asset(
-    deps=["recurrence_classification"],
+    deps=[RECURRENCE_CLASSIFICATION.name],
     description="The seed workflow's cohort CSV, <trial>_all_classifications.csv, for existing users.",
     group_name=COHORT,
     kinds={"csv"},
     automation_condition=COHORT_AUTOMATION,
 )
-def seed_classification_csv(paths: RtmapPaths) -> dg.MaterializeResult:
-    from rtmap_assets.pipeline.dosimetry_patient import write_seed_csvs
-
-    table = paths.lake.read_table("recurrence_classification")
-    out = write_seed_csvs(table, paths.lake.root / "seed_csv", paths.config().trial, per_patient=False)[0]
+def seed_classification_csv(context: dg.AssetExecutionContext, paths: RtmapPaths,
+                            trial: TrialSettings) -> dg.MaterializeResult:
+    table = read_upstream(context, paths.lake, RECURRENCE_CLASSIFICATION)
+    out = write_seed_csvs(table, paths.lake.root / "seed_csv", trial.config.trial, per_patient=False)[0]
     return dg.MaterializeResult(metadata={"dagster/row_count": table.height, "path": dg.MetadataValue.path(str(out))})

@@ -1,8 +1,9 @@
 """Silver/gold per patient (one dynamic partition each): imaging, then dosimetry and classification.
 
 Both steps run in one process per patient (`patient_job` uses the in-process executor): a step
-subprocess costs seconds, more than the dosimetry itself. A patient whose input fingerprint, code
-version and configuration are unchanged is not recomputed: the step re-reports the stored result.
+subprocess costs seconds, more than the dosimetry itself. Each step's data version is its inputs'
+versions + its code version + the hash of only the configuration sections it reads; a step whose data
+version equals the stored one re-reports the stored result instead of recomputing.
 """
 
 import hashlib
@@ -14,7 +15,7 @@ from pathlib import Path
 import polars as pl
 
 import dagster as dg
-from rtmap_assets.config import TrialConfig
+from rtmap_assets.config import TrialConfig, config_fingerprint
 from rtmap_assets.defs.checks import (
     CLASSIFICATION_CHECKS,
     REGISTRATION_CHECKS,
@@ -23,42 +24,61 @@ from rtmap_assets.defs.checks import (
     ground_truth_check,
     registration_checks,
 )
-from rtmap_assets.defs.cohort import current_cohort_radius
+from rtmap_assets.defs.lake_io import read_upstream
 from rtmap_assets.defs.metadata import md_table
 from rtmap_assets.defs.partitions import patients_partitions
-from rtmap_assets.defs.resources import RtmapPaths
-from rtmap_assets.dosimetry.uncertainty import min_radius_mm, sphere_radius
+from rtmap_assets.defs.resources import RtmapPaths, TrialSettings
+from rtmap_assets.dosimetry.uncertainty import sphere_radius
 from rtmap_assets.errors import PatientDataError
 from rtmap_assets.lake import Lake
+from rtmap_assets.lake.contract import (
+    COHORT_UNCERTAINTY,
+    DOSE_STATISTICS,
+    MAPPED_STRUCTURES,
+    PATIENT_MANIFEST,
+    PIPELINE_ISSUES,
+    RECURRENCE_CLASSIFICATION,
+    REGISTRATION_QC,
+    TRIAL_COVARIATES,
+)
+from rtmap_assets.pipeline import dosimetry_patient, imaging_patient
 from rtmap_assets.pipeline.dosimetry_patient import run_dosimetry, write_seed_csvs
 from rtmap_assets.pipeline.imaging_patient import run_imaging
 from rtmap_assets.pipeline.issues import record_issues
 from rtmap_assets.pipeline.volumes import PatientVolumes
 
 SILVER, GOLD = "patient_silver", "patient_gold"
-# Bump when the science of a step changes: every patient is then recomputed once.
-IMAGING_CODE_VERSION = "imaging-1"
-DOSIMETRY_CODE_VERSION = "dosimetry-1"
+# Bump when the science of a step changes: every patient is then recomputed once by that step.
+IMAGING_CODE_VERSION = "imaging-2"
+DOSIMETRY_CODE_VERSION = "dosimetry-2"
 HEAVY_POOL = "rtmap_patient_heavy"
 
-# Classifications follow the cohort radius: when cohort_uncertainty's data version changes (only under
-# the 'cohort' radius policy), every registered patient is re-classified — cheap, no re-registration.
-RECLASSIFY_ON_COHORT_RADIUS = (
+# Classifications follow the cohort radius and the covariates: when cohort_uncertainty's data version
+# changes (only under the 'cohort' radius policy) or trial_covariates' does (a corrected arm), every
+# registered patient's classification step runs; it recomputes only where its own data version changed.
+RECLASSIFY_ON_COHORT_CHANGE = (
     dg.AutomationCondition.any_deps_match(dg.AutomationCondition.data_version_changed()).allow(
-        dg.AssetSelection.assets("cohort_uncertainty"))
+        dg.AssetSelection.assets(COHORT_UNCERTAINTY.name, TRIAL_COVARIATES.name))
     & ~dg.AutomationCondition.any_deps_match(dg.AutomationCondition.missing()).allow(
-        dg.AssetSelection.assets("registration_qc"))
+        dg.AssetSelection.assets(REGISTRATION_QC.name))
     & ~dg.AutomationCondition.any_deps_in_progress()
     & ~dg.AutomationCondition.in_progress()
-).with_label("cohort radius changed")
+).with_label("cohort radius or covariates changed")
 
 
-def config_hash(config: TrialConfig) -> str:
-    return hashlib.sha1(config.model_dump_json().encode()).hexdigest()[:12]
+def stage_version(*parts: object) -> str:
+    return hashlib.sha1("|".join(str(p) for p in parts).encode()).hexdigest()[:16]
 
 
-def _version(*parts: str) -> str:
-    return hashlib.sha1("|".join(parts).encode()).hexdigest()[:16]
+def imaging_version(fingerprint: str, config: TrialConfig) -> str:
+    return stage_version(fingerprint, IMAGING_CODE_VERSION, config_fingerprint(config, imaging_patient.CONFIG_SECTIONS))
+
+
+def dosimetry_version(imaging_data_version: str, config: TrialConfig, radius_mm: float,
+                      covariate_arm: str | None) -> str:
+    return stage_version(imaging_data_version, DOSIMETRY_CODE_VERSION,
+                         config_fingerprint(config, dosimetry_patient.CONFIG_SECTIONS), f"{radius_mm:.4f}",
+                         covariate_arm or "-")
 
 
 def _fail(lake: Lake, pid: str, stage: str, err: Exception, context: dg.AssetExecutionContext) -> dg.Failure:
@@ -71,11 +91,6 @@ def _fail(lake: Lake, pid: str, stage: str, err: Exception, context: dg.AssetExe
     record_issues(lake, pid, stage, [row])
     context.log.error(f"{pid} [{row['code']}] {row['message']}")
     return dg.Failure(description=f"{pid}: [{row['code']}] {row['message']}", allow_retries=False)
-
-
-def _stored(lake: Lake, table: str, pid: str) -> pl.DataFrame:
-    path = lake.patient_table(table, pid)
-    return pl.read_parquet(path) if path.exists() else pl.DataFrame()
 
 
 def _prune_versions(folder: Path, keep: Path) -> None:
@@ -91,56 +106,60 @@ def _with_overlap(structures: pl.DataFrame, overlap: pl.DataFrame) -> pl.DataFra
     return structures.join(metrics, on=["structure", "space"], how="left")
 
 
+def _relative(df: pl.DataFrame, columns: tuple[str, ...], lake: Lake) -> pl.DataFrame:
+    """Stored paths relative to the lake root, so the data folder can move."""
+    prefix = str(lake.root.resolve()) + "/"
+    return df.with_columns([pl.col(c).str.strip_prefix(prefix) for c in columns if c in df.columns])
+
+
 def _load_truth(paths: RtmapPaths, trial: str, pid: str) -> dict | None:
     f = paths.truth_root / trial / f"{pid}.json"
     return json.loads(f.read_text()) if f.exists() else None
 
 
+def _issues_output(key: str, rows: int) -> dg.MaterializeResult:
+    return dg.MaterializeResult(asset_key=key, metadata={"dagster/row_count": rows})
+
+
 @dg.multi_asset(
     specs=[
         dg.AssetSpec(
-            "registration_qc",
-            deps=["patient_manifest"],
+            REGISTRATION_QC.name, deps=[PATIENT_MANIFEST.name],
             description="Per patient: relapse→planning registration (engine, timings) and its quality: landmark "
-            "centroid distance (the uncertainty), Jacobian minimum and folding, comparison-structure Dice/HD95, "
-            "and TRE / recurrence Dice against the truth for synthetic patients.",
-            group_name=SILVER,
-            kinds={"parquet", "simpleitk"},
-            code_version=IMAGING_CODE_VERSION,
-        ),
+            "centroid distance (the uncertainty), Jacobian minimum and folding, comparison-structure Dice/HD95.",
+            group_name=SILVER, kinds={"parquet", "simpleitk"}, code_version=IMAGING_CODE_VERSION),
         dg.AssetSpec(
-            "mapped_structures",
-            deps=["patient_manifest"],
+            MAPPED_STRUCTURES.name, deps=[PATIENT_MANIFEST.name],
             description="Per patient: structures on the planning working grid (planning CTVs, organs, landmark) and "
-            "relapse structures mapped into planning space (recurrence, landmark, comparison), with centroid (mm), "
-            "volume (cc), matched alias and the NIfTI mask path.",
-            group_name=SILVER,
-            kinds={"parquet", "nifti"},
-            code_version=IMAGING_CODE_VERSION,
-        ),
+            "relapse structures mapped into planning space, with centroid (mm), volume (cc), matched alias and the "
+            "NIfTI mask path (relative to the lake root).",
+            group_name=SILVER, kinds={"parquet", "nifti"}, code_version=IMAGING_CODE_VERSION),
+        dg.AssetSpec(
+            "imaging_issues", deps=[PATIENT_MANIFEST.name],
+            description="The imaging step's pipeline_issues rows for the patient (stage 'imaging').",
+            group_name=SILVER, kinds={"parquet"}, code_version=IMAGING_CODE_VERSION),
     ],
     check_specs=REGISTRATION_CHECKS,
     partitions_def=patients_partitions,
     pool=HEAVY_POOL,
     can_subset=False,
 )
-def patient_registration(context: dg.AssetExecutionContext, paths: RtmapPaths):
+def patient_registration(context: dg.AssetExecutionContext, paths: RtmapPaths, trial: TrialSettings):
     """DICOM → working grid → registration → mapped structures, for one patient."""
     pid = context.partition_key
-    lake, config = paths.lake, paths.config()
-    manifest = lake.read_table("patient_manifest")
-    rows = manifest.filter(pl.col("patient_id") == pid) if manifest.height else manifest
+    lake, config = paths.lake, trial.config
+    rows = read_upstream(context, lake, PATIENT_MANIFEST, patient_id=pid)
     if rows.is_empty():
         raise _fail(lake, pid, "imaging", PatientDataError(
             "NOT_IN_MANIFEST", "patient has no complete set of roles in patient_manifest; see its manifest issues"),
             context)
     fingerprint = rows["input_fingerprint"][0]
-    version = _version(fingerprint, IMAGING_CODE_VERSION, config_hash(config))
+    version = imaging_version(fingerprint, config)
 
-    qc_old = _stored(lake, "registration_qc", pid)
-    if qc_old.height and qc_old["data_version"][0] == version and Path(qc_old["volumes_dir"][0]).exists():
-        context.log.info(f"{pid}: inputs, code and config unchanged — reusing stored registration")
-        qc, structures, recomputed = qc_old, _stored(lake, "mapped_structures", pid), False
+    qc_old = lake.read(REGISTRATION_QC, patient_id=pid)
+    if qc_old.height and qc_old["data_version"][0] == version and lake.absolute(qc_old["volumes_dir"][0]).exists():
+        context.log.info(f"{pid}: inputs, code and imaging configuration unchanged — reusing stored registration")
+        qc, structures, recomputed = qc_old, lake.read(MAPPED_STRUCTURES, patient_id=pid), False
     else:
         out_dir = lake.patient_files(pid) / f"v-{version}-{context.run_id[:8]}"
         try:
@@ -150,18 +169,20 @@ def patient_registration(context: dg.AssetExecutionContext, paths: RtmapPaths):
             shutil.rmtree(out_dir, ignore_errors=True)
             raise _fail(lake, pid, "imaging", err, context) from err
         provenance = [pl.lit(fingerprint).alias("input_fingerprint"), pl.lit(version).alias("data_version"),
-                      pl.lit(str(out_dir)).alias("volumes_dir"), pl.lit(context.run_id).alias("run_id")]
-        qc = result.registration_qc.with_columns(provenance)
-        structures = _with_overlap(result.mapped_structures, result.structure_qc).with_columns(provenance[1:3])
-        lake.write_patient_table("registration_qc", pid, qc)
-        lake.write_patient_table("mapped_structures", pid, structures)
+                      pl.lit(lake.relative(out_dir)).alias("volumes_dir"), pl.lit(context.run_id).alias("run_id")]
+        qc = _relative(result.registration_qc.with_columns(provenance),
+                       ("transform_path", "registered_image_path"), lake)
+        structures = _relative(_with_overlap(result.mapped_structures, result.structure_qc).with_columns(
+            provenance[1:3]), ("mask_path",), lake)
+        lake.replace_patient(REGISTRATION_QC, pid, qc)
+        lake.replace_patient(MAPPED_STRUCTURES, pid, structures)
         _prune_versions(lake.patient_files(pid), keep=out_dir)
-        record_issues(lake, pid, "imaging", [])
         recomputed = True
+    issues = record_issues(lake, pid, "imaging", [])
 
     q = qc.row(0, named=True)
     yield dg.MaterializeResult(
-        asset_key="registration_qc",
+        asset_key=REGISTRATION_QC.name,
         data_version=dg.DataVersion(version),
         metadata={
             "recomputed": recomputed,
@@ -172,119 +193,157 @@ def patient_registration(context: dg.AssetExecutionContext, paths: RtmapPaths):
             "tre_mean_mm": q.get("tre_mean_mm"),
             "tre_max_mm": q.get("tre_max_mm"),
             "recurrence_dice_truth": q.get("recurrence_dice_truth"),
-            "comparison_dice_min": structures["dice_vs_planning"].min() if "dice_vs_planning" in structures.columns
-            else None,
+            "comparison_dice_min": structures["dice_vs_planning"].min(),
             "seconds_total": q.get("total_s"),
-            "volumes_dir": dg.MetadataValue.path(q["volumes_dir"]),
+            "volumes_dir": dg.MetadataValue.path(str(lake.absolute(q["volumes_dir"]))),
         },
     )
     yield dg.MaterializeResult(
-        asset_key="mapped_structures",
+        asset_key=MAPPED_STRUCTURES.name,
         data_version=dg.DataVersion(version),
         metadata={
             "dagster/row_count": structures.height,
-            "preview": md_table(structures.select(
-                [c for c in ("structure", "role", "space", "matched_alias", "volume_cc") if c in structures.columns])),
+            "preview": md_table(structures.select("structure", "role", "space", "matched_alias", "volume_cc")),
         },
     )
+    yield _issues_output("imaging_issues", issues.height)
     yield from registration_checks(q, config)
 
 
-def _radius_inputs(lake: Lake, config: TrialConfig, pid: str) -> tuple[float | None, float | None]:
-    """(patient landmark distance, cohort radius or None) for the radius policy.
-
-    The cohort radius is computed from the patients registered so far, as cohort_uncertainty does; when
-    that asset's radius changes, automation re-classifies everyone (RECLASSIFY_ON_COHORT_RADIUS).
-    """
-    qc = _stored(lake, "registration_qc", pid)
+def _radius_inputs(context, lake: Lake, config: TrialConfig, pid: str) -> tuple[float | None, float | None]:
+    """(patient landmark distance, cohort radius as cohort_uncertainty stored it, or None)."""
+    qc = read_upstream(context, lake, REGISTRATION_QC, patient_id=pid)
     distance = qc["landmark_distance_mm"][0] if qc.height else None
-    cohort = current_cohort_radius(lake, config) if config.uncertainty.policy == "cohort" else None
+    cohort = None
+    if config.uncertainty.policy == "cohort":
+        stored = read_upstream(context, lake, COHORT_UNCERTAINTY)["cohort_radius_mm"].drop_nulls()
+        cohort = float(stored[0]) if stored.len() else None
     return distance, cohort
 
 
 @dg.multi_asset(
     specs=[
         dg.AssetSpec(
-            "recurrence_classification",
-            deps=["registration_qc", "mapped_structures", "cohort_uncertainty"],
+            RECURRENCE_CLASSIFICATION.name,
+            deps=[REGISTRATION_QC.name, MAPPED_STRUCTURES.name, COHORT_UNCERTAINTY.name, TRIAL_COVARIATES.name],
             description="One row per patient × prescription level: trial arm (and where it came from), uncertainty "
             "and sphere radius, centroid dose, seed centroid and volume classes, Dawson fraction/class, Mohamed "
             "type and the probability of being inside the 95 % isodose.",
-            group_name=GOLD,
-            kinds={"parquet"},
-            code_version=DOSIMETRY_CODE_VERSION,
-            automation_condition=RECLASSIFY_ON_COHORT_RADIUS,
-        ),
+            group_name=GOLD, kinds={"parquet"}, code_version=DOSIMETRY_CODE_VERSION,
+            automation_condition=RECLASSIFY_ON_COHORT_CHANGE),
         dg.AssetSpec(
-            "dose_statistics",
-            deps=["registration_qc", "mapped_structures", "cohort_uncertainty"],
+            DOSE_STATISTICS.name,
+            deps=[REGISTRATION_QC.name, MAPPED_STRUCTURES.name, COHORT_UNCERTAINTY.name, TRIAL_COVARIATES.name],
             description="Per structure (CTVs, organs, mapped recurrence, sphere): volume, mean/min/max, D98/D95/D50/D2 "
             "and V95 % of each level. Conventions in docs/DOSIMETRY.md.",
-            group_name=GOLD,
-            kinds={"parquet"},
-            code_version=DOSIMETRY_CODE_VERSION,
-            automation_condition=RECLASSIFY_ON_COHORT_RADIUS,
-        ),
+            group_name=GOLD, kinds={"parquet"}, code_version=DOSIMETRY_CODE_VERSION,
+            automation_condition=RECLASSIFY_ON_COHORT_CHANGE),
+        dg.AssetSpec(
+            "patient_overlay",
+            deps=[REGISTRATION_QC.name, MAPPED_STRUCTURES.name, COHORT_UNCERTAINTY.name, TRIAL_COVARIATES.name],
+            description="Overlay PNG (axial/coronal/sagittal through the mapped recurrence centroid: CT, dose, CTVs, "
+            "isodoses, mapped recurrence, sphere) under lake/figures/patient=<id>/.",
+            group_name=GOLD, kinds={"png"}, code_version=DOSIMETRY_CODE_VERSION,
+            automation_condition=RECLASSIFY_ON_COHORT_CHANGE),
+        dg.AssetSpec(
+            "patient_seed_csv",
+            deps=[REGISTRATION_QC.name, MAPPED_STRUCTURES.name, COHORT_UNCERTAINTY.name, TRIAL_COVARIATES.name],
+            description="The seed workflow's per-patient CSV, <patient>_classifications.csv.",
+            group_name=GOLD, kinds={"csv"}, code_version=DOSIMETRY_CODE_VERSION,
+            automation_condition=RECLASSIFY_ON_COHORT_CHANGE),
+        dg.AssetSpec(
+            "dosimetry_issues",
+            deps=[REGISTRATION_QC.name, MAPPED_STRUCTURES.name, COHORT_UNCERTAINTY.name, TRIAL_COVARIATES.name],
+            description="The dosimetry step's pipeline_issues rows for the patient (stage 'dosimetry').",
+            group_name=GOLD, kinds={"parquet"}, code_version=DOSIMETRY_CODE_VERSION,
+            automation_condition=RECLASSIFY_ON_COHORT_CHANGE),
     ],
     check_specs=CLASSIFICATION_CHECKS,
     partitions_def=patients_partitions,
     can_subset=False,
 )
-def patient_classification(context: dg.AssetExecutionContext, paths: RtmapPaths):
+def patient_classification(context: dg.AssetExecutionContext, paths: RtmapPaths, trial: TrialSettings):
     """Uncertainty → sphere → isodoses → arm → classes, dose statistics and the overlay figure."""
     pid = context.partition_key
-    lake, config = paths.lake, paths.config()
-    qc = _stored(lake, "registration_qc", pid)
+    lake, config = paths.lake, trial.config
+    qc = read_upstream(context, lake, REGISTRATION_QC, patient_id=pid)
     if qc.is_empty():
         raise _fail(lake, pid, "dosimetry", PatientDataError("NO_REGISTRATION", "registration_qc missing"), context)
-    volumes_dir = Path(qc["volumes_dir"][0])
+    read_upstream(context, lake, MAPPED_STRUCTURES, patient_id=pid)  # the masks' index: volumes_dir below
+    volumes_dir = lake.absolute(qc["volumes_dir"][0])
+    figures = lake.patient_figures(pid)
+    covariates = read_upstream(context, lake, TRIAL_COVARIATES, patient_id=pid)
+    covariate_arm = covariates["arm"][0] if covariates.height else None
+    issues_in: list[dict] = []
     try:
-        volumes = PatientVolumes.load(volumes_dir)
-        distance, cohort = _radius_inputs(lake, config, pid)
-        radius = sphere_radius(config.uncertainty, min_radius=min_radius_mm(volumes.image),
+        distance, cohort = _radius_inputs(context, lake, config, pid)
+        if config.uncertainty.policy == "cohort" and cohort is None:
+            # First patients of a cohort: classify with the fixed radius until cohort_uncertainty exists;
+            # its first materialisation re-classifies everyone (RECLASSIFY_ON_COHORT_CHANGE).
+            issues_in.append({"code": "COHORT_RADIUS_PENDING", "message": "cohort radius not computed yet: "
+                              f"classified with the fixed radius {config.uncertainty.radius_mm} mm for now"})
+            cohort = config.uncertainty.radius_mm
+        # The working grid is isotropic at grid_spacing_mm: one voxel, without loading any volume.
+        radius = sphere_radius(config.uncertainty, min_radius=config.grid_spacing_mm,
                                patient_distance_mm=distance, cohort_radius_mm=cohort)
-        covariates = lake.read_table("trial_covariates")
-        arm_row = covariates.filter(pl.col("patient_id") == pid) if covariates.height else covariates
-        covariate_arm = arm_row["arm"][0] if arm_row.height and "arm" in arm_row.columns else None
-        result = run_dosimetry(volumes, config, radius_mm=radius.radius_mm, sigma_mm=float(distance or 0.0),
-                               covariate_arm=covariate_arm, figure_path=volumes_dir / "overlay.png")
-        classification = result.classification.with_columns(pl.lit(radius.policy).alias("radius_policy"))
-        lake.write_patient_table("recurrence_classification", pid, classification)
-        lake.write_patient_table("dose_statistics", pid, result.dose_statistics)
-        write_seed_csvs(classification, lake.root / "seed_csv", config.trial)
-    except Exception as err:  # noqa: BLE001 - every failure becomes a pipeline_issues row
+    except Exception as err:  # noqa: BLE001
         raise _fail(lake, pid, "dosimetry", err, context) from err
-    # Non-fatal findings (arm mismatch, centroid outside the dose grid, …) stay queryable.
-    record_issues(lake, pid, "dosimetry", result.issues)
-    for issue in result.issues:
-        context.log.warning(f"{pid}: [{issue['code']}] {issue['message']}")
+    version = dosimetry_version(qc["data_version"][0], config, radius.radius_mm, covariate_arm)
 
-    version = _version(qc["data_version"][0], DOSIMETRY_CODE_VERSION, f"{radius.radius_mm:.4f}")
-    c = classification.filter(pl.col("level_present")) if "level_present" in classification.columns else classification
-    cols = [k for k in ("level", "prescription_gy", "centroid_class", "volume_class", "dawson_class", "mohamed_type",
-                        "probability_inside") if k in c.columns]
+    stored = lake.read(RECURRENCE_CLASSIFICATION, patient_id=pid)
+    overlay = figures / "overlay.png"
+    if stored.height and stored["data_version"][0] == version and overlay.exists():
+        context.log.info(f"{pid}: registration, covariates, radius, code and dosimetry configuration unchanged — "
+                         "reusing stored classification")
+        classification, stats, recomputed = stored, lake.read(DOSE_STATISTICS, patient_id=pid), False
+        issue_rows = lake.read(PIPELINE_ISSUES, patient_id=pid, stage="dosimetry").height
+        seed_csv = lake.root / "seed_csv" / f"{pid}_classifications.csv"
+    else:
+        try:
+            volumes = PatientVolumes.load(volumes_dir)
+            result = run_dosimetry(volumes, config, radius_mm=radius.radius_mm, sigma_mm=float(distance or 0.0),
+                                   covariate_arm=covariate_arm, figure_path=overlay)
+            classification = result.classification.with_columns(pl.lit(radius.policy).alias("radius_policy"),
+                                                                pl.lit(version).alias("data_version"))
+            stats = result.dose_statistics.with_columns(pl.lit(version).alias("data_version"))
+            lake.replace_patient(RECURRENCE_CLASSIFICATION, pid, classification)
+            lake.replace_patient(DOSE_STATISTICS, pid, stats)
+            seed_csv = write_seed_csvs(classification, lake.root / "seed_csv", config.trial)[0]
+        except Exception as err:  # noqa: BLE001 - every failure becomes a pipeline_issues row
+            raise _fail(lake, pid, "dosimetry", err, context) from err
+        # Non-fatal findings (arm mismatch, centroid outside the dose grid, …) stay queryable.
+        issue_rows = record_issues(lake, pid, "dosimetry", issues_in + result.issues).height
+        for issue in issues_in + result.issues:
+            context.log.warning(f"{pid}: [{issue['code']}] {issue['message']}")
+        recomputed = True
+
+    c = classification.filter(pl.col("level_present").fill_null(False))
     first = classification.row(0, named=True)
     yield dg.MaterializeResult(
-        asset_key="recurrence_classification",
+        asset_key=RECURRENCE_CLASSIFICATION.name,
         data_version=dg.DataVersion(version),
         metadata={
+            "recomputed": recomputed,
             "dagster/row_count": classification.height,
             "arm": first.get("arm"),
             "arm_source": first.get("arm_source"),
             "uncertainty_mm": first.get("uncertainty_mm"),
             "radius_mm": radius.radius_mm,
             "radius_policy": radius.policy,
-            "classes": md_table(c.select(cols)),
-            "overlay": dg.MetadataValue.path(str(result.figure_path or "")),
+            "classes": md_table(c.select("level", "prescription_gy", "centroid_class", "volume_class", "dawson_class",
+                                         "mohamed_type", "probability_inside")),
         },
     )
     yield dg.MaterializeResult(
-        asset_key="dose_statistics",
-        data_version=dg.DataVersion(version),
-        metadata={"dagster/row_count": result.dose_statistics.height,
-                  "preview": md_table(result.dose_statistics.select(
-                      [k for k in ("structure", "volume_cc", "mean_gy", "d95_gy") if k in result.dose_statistics.columns]))},
-    )
+        asset_key=DOSE_STATISTICS.name, data_version=dg.DataVersion(version),
+        metadata={"dagster/row_count": stats.height,
+                  "preview": md_table(stats.select("structure", "volume_cc", "mean_gy", "d95_gy"))})
+    yield dg.MaterializeResult(asset_key="patient_overlay", data_version=dg.DataVersion(version),
+                               metadata={"path": dg.MetadataValue.path(str(overlay))})
+    yield dg.MaterializeResult(asset_key="patient_seed_csv", data_version=dg.DataVersion(version),
+                               metadata={"path": dg.MetadataValue.path(str(seed_csv))})
+    yield dg.MaterializeResult(asset_key="dosimetry_issues", data_version=dg.DataVersion(version),
+                               metadata={"dagster/row_count": issue_rows})
     yield classification_complete(classification)
     yield ground_truth_check(classification, _load_truth(paths, config.trial, pid))
-    yield dose_statistics_sane(result.dose_statistics)
+    yield dose_statistics_sane(stats)

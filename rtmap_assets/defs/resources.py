@@ -1,7 +1,12 @@
-"""Where the pipeline reads and writes, as one typed resource (paths never live in code)."""
+"""Configuration at the edge: where the pipeline reads and writes, and the trial configuration.
+
+Both are typed resources bound once in the definitions (from `RTMAP_DATA_DIR` / `RTMAP_TRIAL_CONFIG`
+when set); the trial YAML is parsed once per process, not per asset.
+"""
 
 import os
 import sys
+from functools import lru_cache
 from pathlib import Path
 
 import dagster as dg
@@ -10,26 +15,19 @@ from dagster_dbt import DbtCliResource
 from rtmap_assets.config import TrialConfig, load_trial_config
 from rtmap_assets.lake import Lake
 
-
 DBT_DIR = Path(__file__).resolve().parents[2] / "dbt_models"
 # The dbt next to this interpreter (the project's venv), whether or not the venv is activated.
 DBT_EXECUTABLE = str(Path(sys.executable).with_name("dbt"))
 
 
-def default_data_dir() -> Path:
-    """`RTMAP_DATA_DIR` or `./data` — everything the pipeline writes lives under it."""
-    return Path(os.environ.get("RTMAP_DATA_DIR", "data")).resolve()
-
-
 class RtmapPaths(dg.ConfigurableResource):
-    """Folders of one rtmap deployment. Defaults follow `RTMAP_DATA_DIR` (default `data/`)."""
+    """Folders of one rtmap deployment; everything the pipeline writes lives under `data_dir`."""
 
-    data_dir: str = ""  # empty: $RTMAP_DATA_DIR, else ./data
-    trial_config: str = ""  # empty: $RTMAP_TRIAL_CONFIG, else the bundled synthetic trial
+    data_dir: str = "data"
 
     @property
     def root(self) -> Path:
-        return Path(self.data_dir).resolve() if self.data_dir else default_data_dir()
+        return Path(self.data_dir).resolve()
 
     @property
     def raw_root(self) -> Path:
@@ -51,16 +49,33 @@ class RtmapPaths(dg.ConfigurableResource):
     def lake(self) -> Lake:
         return Lake(self.root / "lake")
 
-    def config(self) -> TrialConfig:
-        return load_trial_config(self.trial_config or os.environ.get("RTMAP_TRIAL_CONFIG") or None)
 
-    def raw_trial_dir(self) -> Path:
-        return self.raw_root / self.config().trial
+@lru_cache(maxsize=8)
+def _parsed(path: str, mtime_ns: int) -> TrialConfig:
+    return load_trial_config(path or None)
+
+
+class TrialSettings(dg.ConfigurableResource):
+    """The trial configuration (YAML): empty path = the bundled synthetic trial."""
+
+    config_path: str = ""
+
+    @property
+    def config(self) -> TrialConfig:
+        # Parsed once per file version (keyed by mtime, so an edited file is picked up by the next run).
+        mtime = Path(self.config_path).stat().st_mtime_ns if self.config_path and Path(self.config_path).exists() else 0
+        return _parsed(self.config_path, mtime)
+
+
+def _from_env(name: str, default: str):
+    """`dg.EnvVar(name)` when the variable is set (resolved per run, shown in the UI), else `default`."""
+    return dg.EnvVar(name) if os.environ.get(name) else default
 
 
 @dg.definitions
 def resources() -> dg.Definitions:
     return dg.Definitions(resources={
-        "paths": RtmapPaths(),
+        "paths": RtmapPaths(data_dir=_from_env("RTMAP_DATA_DIR", "data")),
+        "trial": TrialSettings(config_path=_from_env("RTMAP_TRIAL_CONFIG", "")),
         "dbt": DbtCliResource(project_dir=str(DBT_DIR), profiles_dir=str(DBT_DIR), dbt_executable=DBT_EXECUTABLE),
     })

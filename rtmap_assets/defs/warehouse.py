@@ -4,9 +4,8 @@ The dbt sources are the lake tables the other assets write, so the dbt models si
 them in one graph and follow them by declarative automation.
 """
 
-import os
+import json
 import shutil
-import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -16,16 +15,12 @@ import duckdb
 import dagster as dg
 from dagster_dbt import DagsterDbtTranslator, DbtCliResource, DbtProject, dbt_assets
 from rtmap_assets.defs.cohort import COHORT, COHORT_AUTOMATION
-from rtmap_assets.defs.resources import DBT_DIR, DBT_EXECUTABLE, RtmapPaths
+from rtmap_assets.defs.resources import DBT_DIR, RtmapPaths
 from rtmap_assets.figures.dashboard import build_cohort_dashboard
 
-
-
+# The manifest is built by scripts/setup.sh (`dbt parse`); under `dagster dev` it is refreshed on load.
 dbt_project = DbtProject(project_dir=DBT_DIR, profiles_dir=DBT_DIR)
-if not dbt_project.manifest_path.exists():
-    # dagster-dbt needs the manifest at import time; `dbt parse` makes it offline in a few seconds.
-    subprocess.run([DBT_EXECUTABLE, "parse", "--quiet", "--project-dir", str(DBT_DIR), "--profiles-dir", str(DBT_DIR)],
-                   check=True, env={**os.environ, "DBT_SEND_ANONYMOUS_USAGE_STATS": "false"})
+dbt_project.prepare_if_dev()
 
 
 class LakeTranslator(DagsterDbtTranslator):
@@ -41,10 +36,9 @@ class LakeTranslator(DagsterDbtTranslator):
         return COHORT_AUTOMATION
 
 
-def _dbt_env(paths: RtmapPaths) -> None:
-    os.environ["RTMAP_LAKE"] = str(paths.lake.root)
-    os.environ["RTMAP_DUCKDB"] = str(paths.duckdb_path)
-    os.environ.setdefault("DBT_SEND_ANONYMOUS_USAGE_STATS", "false")
+def dbt_vars(paths: RtmapPaths) -> list[str]:
+    """`--vars` telling dbt where this deployment's lake and DuckDB file are (no environment writes)."""
+    return ["--vars", json.dumps({"rtmap_lake": str(paths.lake.root), "rtmap_duckdb": str(paths.duckdb_path)})]
 
 
 DBT_RUNS_KEPT = 10
@@ -67,8 +61,8 @@ def dbt_run_target(paths: RtmapPaths, run_id: str) -> Path:
 @dbt_assets(manifest=dbt_project.manifest_path, dagster_dbt_translator=LakeTranslator(), name="warehouse_models")
 def warehouse_models(context: dg.AssetExecutionContext, dbt: DbtCliResource, paths: RtmapPaths):
     """Staging views and mart tables in data/rtmap.duckdb, with the YAML tests as asset checks."""
-    _dbt_env(paths)
-    yield from dbt.cli(["build"], context=context, target_path=dbt_run_target(paths, context.run.run_id)).stream()
+    yield from dbt.cli(["build", *dbt_vars(paths)], context=context,
+                       target_path=dbt_run_target(paths, context.run.run_id)).stream()
 
 
 @dg.asset(

@@ -1,7 +1,10 @@
-"""The Parquet lake: where tables and per-patient files live, and how they are written.
+"""The lake: tables declared in `rtmap_assets.lake.contract`, stored under one root, and files beside them.
 
-Every write goes to a temporary name in the destination folder and is renamed into place, so a
-reader (DuckDB, a statistician, the next asset) never sees half a file.
+Every reader and writer goes through `Lake` with a `TableSpec` from the contract (never a table name
+typed as a string). Rows are conformed to the contract on every write. Today's storage: Parquet,
+"cohort" tables one file `<table>/data.parquet`, "patient" tables one file per patient (and per extra
+replace key, e.g. stage) under `<table>/patient=<id>/`. Every write goes to a temporary name in the
+destination folder and is renamed into place, so a reader never sees half a file.
 """
 
 from __future__ import annotations
@@ -10,11 +13,13 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import polars as pl
 
-# Tables whose rows are per patient live under <lake>/<table>/patient=<id>/part-0.parquet (hive
-# style); cohort-wide tables (catalog, manifest) are a single file <lake>/<table>/data.parquet.
+if TYPE_CHECKING:
+    from rtmap_assets.lake.contract import TableSpec
+
 PATIENT_FILE = "part-0.parquet"
 COHORT_FILE = "data.parquet"
 
@@ -39,37 +44,83 @@ def write_parquet(df: pl.DataFrame, path: Path) -> Path:
     return atomic_write(Path(path), lambda tmp: df.write_parquet(tmp))
 
 
+def _part_name(keys: dict[str, str]) -> str:
+    return "-".join(f"{k}={v}" for k, v in keys.items()) + ".parquet" if keys else PATIENT_FILE
+
+
 class Lake:
-    """Paths inside one lake root (default `data/lake`)."""
+    """Tables and per-patient files inside one lake root (default `data/lake`)."""
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
 
-    def table_dir(self, table: str) -> Path:
-        return self.root / table
-
-    def cohort_table(self, table: str) -> Path:
-        return self.root / table / COHORT_FILE
-
-    def patient_table(self, table: str, patient_id: str) -> Path:
-        return self.root / table / f"patient={patient_id}" / PATIENT_FILE
-
+    # ------------------------------------------------------------------ files beside the tables
     def patient_files(self, patient_id: str) -> Path:
-        """Folder for a patient's NIfTI volumes, masks, transforms and figures."""
+        """Folder for a patient's NIfTI volumes, masks and transforms (silver)."""
         return self.root / "files" / f"patient={patient_id}"
 
-    def write_cohort_table(self, table: str, df: pl.DataFrame) -> Path:
-        return write_parquet(df, self.cohort_table(table))
+    def patient_figures(self, patient_id: str) -> Path:
+        """Folder for a patient's overlay and viewer (gold)."""
+        return self.root / "figures" / f"patient={patient_id}"
 
-    def write_patient_table(self, table: str, patient_id: str, df: pl.DataFrame) -> Path:
-        return write_parquet(df, self.patient_table(table, patient_id))
+    def relative(self, path: str | Path) -> str:
+        """A stored path: relative to the lake root, so moving the data folder keeps it valid."""
+        return Path(path).resolve().relative_to(self.root.resolve()).as_posix()
 
-    def read_table(self, table: str) -> pl.DataFrame:
-        """All rows of a table (cohort file or every patient partition); empty frame if none yet."""
-        d = self.table_dir(table)
-        if (d / COHORT_FILE).exists():
-            return pl.read_parquet(d / COHORT_FILE)
-        parts = sorted(d.glob(f"patient=*/{PATIENT_FILE}"))
-        if not parts:
-            return pl.DataFrame()
-        return pl.concat([pl.read_parquet(p) for p in parts], how="diagonal_relaxed")
+    def absolute(self, stored: str) -> Path:
+        p = Path(stored)
+        return p if p.is_absolute() else self.root / p
+
+    # ------------------------------------------------------------------ tables
+    def table_dir(self, spec: TableSpec) -> Path:
+        return self.root / spec.name
+
+    def _patient_part(self, spec: TableSpec, patient_id: str, keys: dict[str, str]) -> Path:
+        return self.table_dir(spec) / f"patient={patient_id}" / _part_name(keys)
+
+    def replace_all(self, spec: TableSpec, df: pl.DataFrame) -> Path:
+        """A cohort table rewritten whole."""
+        from rtmap_assets.lake.contract import conform
+
+        assert spec.partitioning == "cohort", f"{spec.name} is a per-patient table"
+        return write_parquet(conform(spec, df), self.table_dir(spec) / COHORT_FILE)
+
+    def replace_patient(self, spec: TableSpec, patient_id: str, df: pl.DataFrame, **keys: str) -> Path:
+        """Replace one patient's rows (narrowed by `keys`, e.g. stage=...) in one atomic step."""
+        from rtmap_assets.lake.contract import conform
+
+        assert spec.partitioning == "patient", f"{spec.name} is a cohort table"
+        extra = [k for k in spec.replace_keys if k != "patient_id"]
+        if sorted(keys) != sorted(extra):
+            raise ValueError(f"{spec.name} rows are replaced by {spec.replace_keys}; got patient_id + {list(keys)}")
+        return write_parquet(conform(spec, df), self._patient_part(spec, patient_id, keys))
+
+    def read(self, spec: TableSpec, *, patient_id: str | None = None, columns: list[str] | None = None,
+             **keys: str) -> pl.DataFrame:
+        """Rows of a table (one patient's with `patient_id`); the contract's empty frame if none yet."""
+        d = self.table_dir(spec)
+        if spec.partitioning == "cohort":
+            files = [d / COHORT_FILE] if (d / COHORT_FILE).exists() else []
+        elif patient_id is not None:
+            folder = d / f"patient={patient_id}"
+            files = sorted(folder.glob("*.parquet")) if folder.is_dir() else []
+        else:
+            files = sorted(d.glob("patient=*/*.parquet"))
+        if not files:
+            out = spec.empty()
+        else:
+            out = pl.concat([pl.read_parquet(f) for f in files], how="diagonal_relaxed")
+            # Rows written before a column was added read back with nulls, in the contract's shape.
+            out = out.with_columns([pl.lit(None, dtype=t).alias(c) for c, t in spec.schema.items()
+                                    if c not in out.columns])
+            out = out.select([pl.col(c).cast(t) for c, t in spec.schema.items()])
+        if patient_id is not None and spec.partitioning == "cohort":
+            out = out.filter(pl.col("patient_id") == patient_id)
+        for k, v in keys.items():
+            out = out.filter(pl.col(k) == v)
+        return out.select(columns) if columns else out
+
+    def patients_with_rows(self, spec: TableSpec) -> list[str]:
+        """Patient IDs that have rows in a per-patient table (from folder names: no table read)."""
+        d = self.table_dir(spec)
+        return sorted(p.name.removeprefix("patient=") for p in d.glob("patient=*") if p.is_dir())

@@ -32,6 +32,8 @@ from rtmap_assets.pipeline.volumes import PatientVolumes
 
 log = logging.getLogger(__name__)
 STAGE = "dosimetry"
+# The configuration sections this stage reads: its data version hashes these and nothing else.
+CONFIG_SECTIONS = ("trial", "arms", "aliases", "uncertainty", "thresholds", "probability", "dose_statistics")
 
 CLASSIFICATION_SCHEMA: dict[str, pl.DataType] = {
     "patient_id": pl.String, "trial": pl.String, "level": pl.String,

@@ -41,6 +41,8 @@ from rtmap_assets.pipeline.volumes import PatientVolumes, StructureMask
 
 log = logging.getLogger(__name__)
 STAGE = "imaging"
+# The configuration sections this stage reads: its data version hashes these and nothing else.
+CONFIG_SECTIONS = ("arms", "aliases", "grid_spacing_mm", "registration")
 TRE_POINTS = 200
 TRE_MARGIN_MM = 10.0
 

@@ -1,18 +1,17 @@
 """`pipeline_issues`: why a patient (or file) did not make it through a stage.
 
-Stored as `<lake>/pipeline_issues/patient=<id>/stage=<stage>.parquet`; a stage rewrites its own file
-each time it runs for the patient (empty when the problem is gone), so the table always tells the
-current state, and one query lists everything that needs a human.
+Each stage replaces its own rows per patient every time it runs for the patient (nothing when the
+problem is gone), so the table always tells the current state, and one query lists everything that
+needs a human. Issue codes and their meanings: `rtmap_assets.issue_codes.IssueCode`.
 """
 
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from pathlib import Path
 
 import polars as pl
 
-from rtmap_assets.lake import Lake, write_parquet
+from rtmap_assets.lake import Lake
 
 ISSUE_SCHEMA = {
     "patient_id": pl.String,
@@ -32,19 +31,19 @@ def issues_frame(rows: list[dict]) -> pl.DataFrame:
     )
 
 
-def issue_path(lake: Lake, patient_id: str, stage: str) -> Path:
-    return lake.table_dir("pipeline_issues") / f"patient={patient_id}" / f"stage={stage}.parquet"
-
-
 def record_issues(lake: Lake, patient_id: str, stage: str, rows: list[dict]) -> pl.DataFrame:
-    """Replace this patient's issues for `stage` (an empty list clears them)."""
+    """Replace this patient's issues for `stage` (an empty list clears them; nothing is written when
+    there were none and are none)."""
+    from rtmap_assets.lake.contract import PIPELINE_ISSUES
+
     df = issues_frame([{**r, "patient_id": patient_id, "stage": stage, "code": str(r["code"]).upper()} for r in rows])
-    write_parquet(df, issue_path(lake, patient_id, stage))
+    if df.is_empty() and lake.read(PIPELINE_ISSUES, patient_id=patient_id, stage=stage).is_empty():
+        return df
+    lake.replace_patient(PIPELINE_ISSUES, patient_id, df, stage=stage)
     return df
 
 
 def read_issues(lake: Lake) -> pl.DataFrame:
-    files = sorted(lake.table_dir("pipeline_issues").glob("patient=*/stage=*.parquet"))
-    if not files:
-        return pl.DataFrame(schema=ISSUE_SCHEMA)
-    return pl.concat([pl.read_parquet(f) for f in files])
+    from rtmap_assets.lake.contract import PIPELINE_ISSUES
+
+    return lake.read(PIPELINE_ISSUES)
