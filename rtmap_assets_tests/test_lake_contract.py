@@ -1,0 +1,48 @@
+"""The lake contract is the one declaration of every table: dbt's sources list exactly its columns and
+types, and a table written through `Lake` reads back in DuckDB with those types."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import duckdb
+import polars as pl
+import yaml
+
+from rtmap_assets.lake import Lake
+from rtmap_assets.lake.contract import TABLES
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("dbt_sources", ROOT / "scripts" / "dbt_sources.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_dbt_sources_are_generated_from_the_contract():
+    committed = (ROOT / "dbt_models" / "models" / "sources.yml").read_text()
+    assert committed == _script().sources_yaml(), "run scripts/dbt_sources.py after changing the lake contract"
+    tables = {t["name"]: t for t in yaml.safe_load(committed)["sources"][0]["tables"]}
+    assert set(tables) == set(TABLES)
+    for name, spec in TABLES.items():
+        assert [c["name"] for c in tables[name]["columns"]] == spec.columns
+
+
+def test_tables_read_back_in_duckdb_with_the_declared_types(tmp_path):
+    lake = Lake(tmp_path)
+    declared = {t["name"]: {c["name"]: c["data_type"] for c in t["columns"]}
+                for t in yaml.safe_load(_script().sources_yaml())["sources"][0]["tables"]}
+    for name, spec in TABLES.items():
+        row = spec.empty()
+        if spec.partitioning == "cohort":
+            lake.replace_all(spec, row)
+        else:
+            keys = {k: "x" for k in spec.replace_keys if k != "patient_id"}
+            lake.replace_patient(spec, "P1", row, **keys)
+        got = duckdb.sql(f"describe select * from read_parquet('{tmp_path}/{name}/**/*.parquet', "
+                         "union_by_name = true, hive_partitioning = false)").fetchall()
+        assert {c: t for c, t, *_ in got} == declared[name], name
