@@ -6,10 +6,12 @@ import datetime as dt
 import os
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pytest
 
 from rtmap_assets.config import load_trial_config
+from rtmap_assets.errors import PatientDataError
 from rtmap_assets.dicom.catalog import catalog_folder
 from rtmap_assets.dicom.manifest import (
     ISSUES_SCHEMA,
@@ -327,3 +329,18 @@ def test_incomplete_and_complete_patients_side_by_side(trial: Path):
     assert issues["patient_id"].to_list() == ["NOREL"]
     assert complete_rows(manifest)["patient_id"].unique().to_list() == ["GOOD"]
     assert manifest.filter(pl.col("patient_id") == "NOREL").height == 3
+
+
+def test_empty_recurrence_contour_is_recurrence_empty_with_its_name():
+    # the catalog reads ROI names only, so an ROI without contours is found at reading time
+    from rtmap_assets.dicom.readers import RTStruct
+    from rtmap_assets.pipeline.imaging_patient import refuse_empty_match
+
+    square = np.array([[0, 0, 0], [5, 0, 0], [5, 5, 0], [0, 5, 0]], dtype=float)
+    rs = RTStruct("1.2.3", {"Rec_CT": [], "thyroid_cartilage": [square]})
+    with pytest.raises(PatientDataError) as err:
+        refuse_empty_match(rs, CONFIG.aliases.recurrence, "recurrence", "RECURRENCE", "rel/RS.dcm")
+    assert err.value.code == "RECURRENCE_EMPTY" and "'Rec_CT'" in err.value.message
+    assert err.value.file == "rel/RS.dcm"
+    rs.contours["Rec_CT"] = [square]
+    refuse_empty_match(rs, CONFIG.aliases.recurrence, "recurrence", "RECURRENCE", "rel/RS.dcm")  # drawn: no error
