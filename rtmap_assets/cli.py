@@ -70,6 +70,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     from rtmap_assets.config import load_trial_config
     from rtmap_assets.definitions import defs as load_defs
+    from rtmap_assets.dicom.manifest import complete_rows
     from rtmap_assets.lake import Lake
 
     config = load_trial_config(os.environ.get("RTMAP_TRIAL_CONFIG") or None)
@@ -92,7 +93,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     print(f"[2/4] catalog + manifest (Dagster instance {os.environ['DAGSTER_HOME']})")
     defs.resolve_job_def("bronze_job").execute_in_process(instance=instance, run_config=quiet)
     lake = Lake(data_dir / "lake")
-    manifest = lake.read_table("patient_manifest")
+    manifest = complete_rows(lake.read_table("patient_manifest"))
     files = lake.read_table("dicom_files")
     patients = sorted(set(files["patient_id"].drop_nulls().to_list())) if files.height else []
     ready = sorted(set(manifest["patient_id"].to_list())) if manifest.height else []

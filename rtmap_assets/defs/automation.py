@@ -18,6 +18,7 @@ import polars as pl
 import dagster as dg
 from rtmap_assets.defs.partitions import patients_partitions
 from rtmap_assets.defs.resources import RtmapPaths
+from rtmap_assets.dicom.manifest import complete_rows
 
 bronze_job = dg.define_asset_job(
     "bronze_job",
@@ -65,6 +66,8 @@ def raw_folder_state(raw_trial_dir: Path) -> dict[str, str]:
 def _fingerprints(paths: RtmapPaths, table: str) -> dict[str, str]:
     """patient_id → input_fingerprint as recorded in a lake table (manifest: current; registration_qc: done)."""
     df = paths.lake.read_table(table)
+    if table == "patient_manifest":
+        df = complete_rows(df)  # only complete patients get partitions and runs
     if df.is_empty() or "input_fingerprint" not in df.columns:
         return {}
     fp = df.group_by("patient_id").agg(pl.col("input_fingerprint").first())

@@ -4,7 +4,7 @@ import polars as pl
 
 import dagster as dg
 from rtmap_assets.dicom.catalog import catalog_folder
-from rtmap_assets.dicom.manifest import build_manifest
+from rtmap_assets.dicom.manifest import build_manifest, complete_rows
 from rtmap_assets.defs.metadata import md_table
 from rtmap_assets.defs.resources import RtmapPaths
 from rtmap_assets.pipeline.issues import issue_path, record_issues
@@ -89,7 +89,7 @@ def patient_manifest(context: dg.AssetExecutionContext, paths: RtmapPaths) -> dg
         rows = issues.filter(pl.col("patient_id") == pid).to_dicts() if issues.height else []
         if rows or issue_path(lake, pid, "manifest").exists():
             record_issues(lake, pid, "manifest", rows)
-    ready = manifest["patient_id"].n_unique() if manifest.height else 0
+    ready = complete_rows(manifest)["patient_id"].n_unique() if manifest.height else 0
     for row in issues.iter_rows(named=True) if issues.height else []:
         context.log.warning(f"{row['patient_id']}: [{row['code']}] {row['message']}")
     return dg.MaterializeResult(

@@ -27,6 +27,7 @@ from rtmap_assets.defs.cohort import current_cohort_radius
 from rtmap_assets.defs.metadata import md_table
 from rtmap_assets.defs.partitions import patients_partitions
 from rtmap_assets.defs.resources import RtmapPaths
+from rtmap_assets.dicom.manifest import complete_rows
 from rtmap_assets.dosimetry.uncertainty import min_radius_mm, sphere_radius
 from rtmap_assets.errors import PatientDataError
 from rtmap_assets.lake import Lake
@@ -128,7 +129,7 @@ def patient_registration(context: dg.AssetExecutionContext, paths: RtmapPaths):
     """DICOM → working grid → registration → mapped structures, for one patient."""
     pid = context.partition_key
     lake, config = paths.lake, paths.config()
-    manifest = lake.read_table("patient_manifest")
+    manifest = complete_rows(lake.read_table("patient_manifest"))  # incomplete patients keep rows for what was found
     rows = manifest.filter(pl.col("patient_id") == pid) if manifest.height else manifest
     if rows.is_empty():
         raise _fail(lake, pid, "imaging", PatientDataError(
