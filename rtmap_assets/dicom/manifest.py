@@ -342,8 +342,9 @@ def _dose_part(d: dict[str, Any], not_plans: set[str]) -> DosePart:
     # column; the RTPLAN references are those that are not a catalogued object of another modality.
     plans = frozenset(u for u in (d["referenced_sop_instance_uids"] or []) if u not in not_plans)
     iop = d["image_orientation_patient"]
-    return DosePart(d["path"], (d["dose_summation_type"] or "").upper() or None, (d["dose_units"] or "").upper() or None,
-                    d["frame_of_reference_uid"], plans, tuple(iop) if iop else None)
+    summation = (d["dose_summation_type"] or "").upper() or None
+    units = (d["dose_units"] or "").upper() or None
+    return DosePart(d["path"], summation, units, d["frame_of_reference_uid"], plans, tuple(iop) if iop else None)
 
 
 def _plan_dose(p: _Patient, ct: _Series) -> dict[str, Any]:
