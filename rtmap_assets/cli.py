@@ -70,6 +70,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     from rtmap_assets.config import load_trial_config
     from rtmap_assets.definitions import defs as load_defs
+    from rtmap_assets.dicom.manifest import complete_rows
     from rtmap_assets.lake import Lake
     from rtmap_assets.lake.contract import TABLES
 
@@ -93,7 +94,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     print(f"[2/4] catalog + manifest (Dagster instance {os.environ['DAGSTER_HOME']})")
     defs.resolve_job_def("bronze_job").execute_in_process(instance=instance, run_config=quiet)
     lake = Lake(data_dir / "lake")
-    manifest = lake.read(TABLES["patient_manifest"])
+    manifest = complete_rows(lake.read(TABLES["patient_manifest"]))
     files = lake.read(TABLES["dicom_files"])
     patients = sorted(set(files["patient_id"].drop_nulls().to_list())) if files.height else []
     ready = sorted(set(manifest["patient_id"].to_list())) if manifest.height else []

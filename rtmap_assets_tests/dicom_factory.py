@@ -211,35 +211,49 @@ def _ref(sop_class: str, sop_uid: str) -> Dataset:
 
 def write_rtdose(path: Path, key: str, patient_id: str, study_uid: str, study_date: str,
                  for_uid: str, *, rtplan_sop: str | None = None, rtstruct_sop: str | None = None,
-                 summation: str = "PLAN", shape: tuple[int, int, int] = (3, 6, 6)) -> str:
-    """A multi-frame RTDOSE grid (Gy) on `for_uid`."""
+                 summation: str = "PLAN", shape: tuple[int, int, int] = (3, 6, 6),
+                 dose_gy: np.ndarray | None = None, origin: tuple[float, float, float] = (-9.0, -9.0, -10.0),
+                 spacing: tuple[float, float, float] = (3.0, 3.0, 2.5),
+                 orientation: tuple[float, ...] = (1, 0, 0, 0, 1, 0), units: str = "GY",
+                 scaling: float = 0.001, bits: int = 32, absolute_offsets: bool = False) -> str:
+    """A multi-frame RTDOSE grid (Gy) on `for_uid`.
+
+    Default: 60 Gy everywhere on a (3, 6, 6) grid. `dose_gy` (z, y, x) gives the values instead;
+    `spacing` is (x, y, z) mm; `bits` 16 or 32 is the stored integer type; `absolute_offsets`
+    writes GridFrameOffsetVector as z positions instead of offsets from the first frame.
+    """
     sop = uid(f"{key}/rtdose")
     ds = _base(path, RT_DOSE, sop, patient_id, study_uid, study_date, "RTDOSE",
                uid(f"{key}/rtdose-series"))
     ds.FrameOfReferenceUID = for_uid
+    if dose_gy is not None:
+        shape = tuple(int(v) for v in dose_gy.shape)  # type: ignore[assignment]
     nz, ny, nx = shape
     ds.NumberOfFrames = nz
     ds.Rows, ds.Columns = ny, nx
-    ds.PixelSpacing = [3.0, 3.0]
-    ds.ImagePositionPatient = [-9.0, -9.0, -10.0]
-    ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-    ds.GridFrameOffsetVector = [2.5 * i for i in range(nz)]
+    ds.PixelSpacing = [spacing[1], spacing[0]]
+    ds.ImagePositionPatient = [float(v) for v in origin]
+    ds.ImageOrientationPatient = [float(v) for v in orientation]
+    offsets = [spacing[2] * i for i in range(nz)]
+    ds.GridFrameOffsetVector = [origin[2] + o for o in offsets] if absolute_offsets else offsets
     ds.FrameIncrementPointer = 0x3004000C
-    ds.DoseUnits = "GY"
+    ds.DoseUnits = units
     ds.DoseType = "PHYSICAL"
     ds.DoseSummationType = summation
-    ds.DoseGridScaling = 0.001
+    ds.DoseGridScaling = f"{scaling:g}"
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated = 32
-    ds.BitsStored = 32
-    ds.HighBit = 31
+    ds.BitsAllocated = bits
+    ds.BitsStored = bits
+    ds.HighBit = bits - 1
     ds.PixelRepresentation = 0
     if rtplan_sop:
         ds.ReferencedRTPlanSequence = Sequence([_ref(RT_PLAN, rtplan_sop)])
     if rtstruct_sop:
         ds.ReferencedStructureSetSequence = Sequence([_ref(RT_STRUCT, rtstruct_sop)])
-    ds.PixelData = np.full(shape, 60000, dtype=np.uint32).tobytes()
+    dtype = np.uint16 if bits == 16 else np.uint32
+    stored = np.full(shape, 60000) if dose_gy is None else np.round(np.asarray(dose_gy) / scaling)
+    ds.PixelData = stored.astype(dtype).tobytes()
     _save(ds, path)
     return sop
 

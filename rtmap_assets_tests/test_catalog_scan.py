@@ -13,6 +13,7 @@ import pytest
 from pydicom.uid import ExplicitVRBigEndian, ImplicitVRLittleEndian
 
 from rtmap_assets.dicom.catalog import (
+    EMPTY_FILE_REASON,
     FILES_SCHEMA,
     REJECTS_SCHEMA,
     catalog_folder,
@@ -109,7 +110,7 @@ def test_rejects_with_reasons(trial_dir: Path):
     assert dict(res.rejects.schema) == REJECTS_SCHEMA
     reasons = {Path(p).name: r for p, r in res.rejects.select("path", "reason").iter_rows()}
     assert reasons["notes.txt"] == "not a DICOM file (no DICM preamble)"
-    assert reasons["empty.dcm"] == "not a DICOM file (no DICM preamble)"
+    assert reasons["empty.dcm"] == EMPTY_FILE_REASON
     assert reasons["cut.dcm"].startswith("unreadable DICOM: truncated pixel data")
     assert reasons["nosop.dcm"] == "missing SOPInstanceUID"
     assert reasons["nopid.dcm"] == "missing PatientID"
@@ -193,3 +194,68 @@ def test_worker_processes_give_the_same_catalog(trial_dir: Path):
     two = catalog_folder(trial_dir, workers=2)
     assert one.files.height == 3 * 53 + 11
     assert one.files.equals(two.files)
+
+
+# ------------------------------------------------------------------------ folders as users arrange them
+
+
+def test_symlinked_patient_folder_is_followed(tmp_path: Path):
+    elsewhere = tmp_path / "elsewhere"
+    write_patient(elsewhere / "SUBJ-2", "SUBJ-2")
+    trial = tmp_path / "raw" / "TRIAL-X"
+    write_patient(trial / "export-1", "SUBJ-1")
+    (trial / "SUBJ-2").symlink_to(elsewhere / "SUBJ-2", target_is_directory=True)
+    res = catalog_folder(trial)
+    assert res.rejects.is_empty(), res.rejects.to_dicts()
+    linked = res.files.filter(pl.col("patient_id") == "SUBJ-2")
+    assert linked.height == 11  # 4 + 4 slices, 2 RTSTRUCTs, 1 RTDOSE (write_patient)
+    assert linked["path"].str.starts_with("TRIAL-X/SUBJ-2/").all()
+    assert linked["export"].unique().to_list() == ["SUBJ-2"]
+    assert all(resolve_path(tmp_path / "raw", p).is_file() for p in linked["path"])
+
+
+def test_symlink_loop_is_a_reject_not_a_hang(trial_dir: Path):
+    inner = trial_dir / "export-1" / "planning"
+    (inner / "back").symlink_to(trial_dir / "export-1", target_is_directory=True)  # loop to an ancestor
+    (trial_dir / "again").symlink_to(inner / "ct", target_is_directory=True)  # second way into a walked folder
+    res = catalog_folder(trial_dir)
+    reasons = dict(res.rejects.select("path", "reason").iter_rows())
+    assert reasons["TRIAL-X/export-1/planning/back"].startswith("symbolic link loop")
+    assert "TRIAL-X/export-1" in reasons["TRIAL-X/export-1/planning/back"]
+    assert reasons["TRIAL-X/again"].startswith("folder already catalogued as TRIAL-X/export-1/planning/ct")
+    assert len(reasons) == 2
+    assert res.files.height == 11 and res.files["sop_instance_uid"].n_unique() == 11  # nothing read twice
+
+
+def test_non_utf8_names_are_rejects_and_the_rest_is_catalogued(trial_dir: Path):
+    good = next((trial_dir / "export-1" / "planning" / "ct").glob("CT000.dcm"))
+    base = os.fsencode(trial_dir / "export-1")
+    bad_file = base + b"/caf\xe9.dcm"
+    bad_dir = base + b"/r\xe9sultats"
+    try:
+        with open(bad_file, "wb") as fp:
+            fp.write(good.read_bytes())
+        os.mkdir(bad_dir)
+        with open(bad_dir + b"/x.dcm", "wb") as fp:
+            fp.write(good.read_bytes())
+    except OSError as exc:  # a file system that refuses such names cannot hold them either
+        pytest.skip(f"file system refuses non-UTF-8 names: {exc}")
+    res = catalog_folder(trial_dir)
+    reasons = dict(res.rejects.select("path", "reason").iter_rows())
+    assert reasons["TRIAL-X/export-1/caf\\xe9.dcm"].startswith("name is not valid UTF-8 (file)")
+    assert reasons["TRIAL-X/export-1/r\\xe9sultats"].startswith("name is not valid UTF-8 (folder")
+    assert len(reasons) == 2
+    assert res.files.height == 11 and res.files["patient_id"].unique().to_list() == ["SUBJ-1"]
+
+
+def test_zero_byte_file_and_broken_link_have_their_own_reasons(trial_dir: Path):
+    (trial_dir / "export-1" / "empty.dcm").write_bytes(b"")
+    (trial_dir / "export-1" / "gone.dcm").symlink_to(trial_dir / "nowhere.dcm")
+    res = catalog_folder(trial_dir)
+    reasons = dict(res.rejects.select("path", "reason").iter_rows())
+    assert reasons == {"TRIAL-X/export-1/empty.dcm": EMPTY_FILE_REASON,
+                       "TRIAL-X/export-1/gone.dcm": "broken symbolic link (its target does not exist)"}
+    # recomputed, not reused and not counted as removed, on the next incremental run
+    again = catalog_folder(trial_dir, res.files, res.rejects)
+    assert again.rejects.select("path", "reason").equals(res.rejects.select("path", "reason"))
+    assert again.n_removed == 0 and again.n_read == 0

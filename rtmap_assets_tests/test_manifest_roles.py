@@ -6,16 +6,19 @@ import datetime as dt
 import os
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pytest
 
 from rtmap_assets.config import load_trial_config
+from rtmap_assets.errors import PatientDataError
 from rtmap_assets.dicom.catalog import catalog_folder
 from rtmap_assets.dicom.manifest import (
     ISSUES_SCHEMA,
     MANIFEST_SCHEMA,
     ROLES,
     build_manifest,
+    complete_rows,
     patient_fingerprints,
     sort_slices,
 )
@@ -74,6 +77,7 @@ def test_complete_patient_has_five_roles_with_reasons(trial: Path):
     assert all(r["reason"] for r in rows.values())
     assert manifest["input_fingerprint"].n_unique() == 1
     assert manifest["trial"].to_list() == ["T1"] * 5
+    assert manifest["complete"].to_list() == [True] * 5 and complete_rows(manifest).height == 5
 
 
 def test_missing_rtdose_is_explained_and_isolated(trial: Path):
@@ -131,9 +135,12 @@ def test_two_candidate_planning_series_are_ambiguous(trial: Path):
 def test_no_later_study(trial: Path, relapse_date):
     write_patient(trial / "a", "P", relapse_date=relapse_date)
     manifest, issues = _manifest(trial)
-    assert manifest.is_empty()
     issue = _issue(issues, "P")
     assert issue["code"] == "NO_RELAPSE_STUDY" and "2020-01-10" in issue["message"]
+    # refused only for its relapse: the planning roles it resolved stay, marked incomplete
+    assert manifest["role"].to_list() == ["planning_ct", "planning_rtstruct", "planning_rtdose"]
+    assert manifest["complete"].to_list() == [False] * 3 and complete_rows(manifest).is_empty()
+    assert manifest["input_fingerprint"].n_unique() == 1
 
 
 def test_later_study_without_recurrence_structure(trial: Path):
@@ -152,7 +159,8 @@ def test_two_relapse_studies_are_ambiguous(trial: Path):
     write_rtstruct(trial / "a" / "second" / "RS.dcm", "P/second", "P", study, "20220505", ["rGTV"],
                    referenced=ser)
     manifest, issues = _manifest(trial)
-    assert manifest.is_empty()
+    assert manifest["role"].to_list() == ["planning_ct", "planning_rtstruct", "planning_rtdose"]
+    assert not any(manifest["complete"])
     issue = _issue(issues, "P")
     assert issue["code"] == "AMBIGUOUS_RELAPSE" and "2022-05-05" in issue["message"]
     assert str(pf.relapse_rtstruct.relative_to(trial.parent)) in issue["message"]
@@ -232,3 +240,107 @@ def test_empty_catalog_gives_empty_tables_with_schema(trial: Path):
     manifest, issues = _manifest(trial)
     assert manifest.is_empty() and issues.is_empty()
     assert dict(manifest.schema) == MANIFEST_SCHEMA and dict(issues.schema) == ISSUES_SCHEMA
+
+
+# ------------------------------------------------------------------ what the manifest says it found
+
+
+def test_missing_relapse_image_keeps_the_four_roles_found(trial: Path):
+    pf = write_patient(trial / "a", "P")
+    for path in pf.relapse_image.paths:
+        path.unlink()
+    manifest, issues = _manifest(trial)
+    assert _issue(issues, "P")["code"] == "NO_RELAPSE_IMAGE"
+    assert manifest["role"].to_list() == ["planning_ct", "planning_rtstruct", "planning_rtdose", "relapse_rtstruct"]
+    rel = manifest.filter(pl.col("role") == "relapse_rtstruct").row(0, named=True)
+    assert rel["matched_structure"] == "Rec_CT" and rel["complete"] is False
+    # the relapse RTSTRUCT's frame of reference comes from its own reference when no image matched
+    assert rel["frame_of_reference_uid"] == pf.relapse_image.for_uid
+
+
+def test_one_slice_ct_is_not_a_planning_ct(trial: Path):
+    write_patient(trial / "a", "P", n_slices=1)
+    manifest, issues = _manifest(trial)
+    issue = _issue(issues, "P")
+    assert issue["code"] == "PLANNING_CT_ONE_SLICE" and "1 files" in issue["message"]
+    assert manifest.is_empty()
+
+
+def test_one_slice_scout_beside_the_planning_ct_is_ignored(trial: Path):
+    pf = write_patient(trial / "a", "P")
+    scout = write_image_series(trial / "a" / "planning" / "scout", "P/scout", "P", pf.planning_ct.study_uid,
+                               pf.planning_ct.for_uid, "20200110", n_slices=1)
+    manifest, issues = _manifest(trial)
+    assert issues.is_empty()
+    ct = manifest.filter(pl.col("role") == "planning_ct").row(0, named=True)
+    assert ct["series_instance_uid"] == pf.planning_ct.series_uid and ct["n_files"] == 4
+    assert scout.series_uid in ct["reason"]  # named as another CT series on the planning frame
+
+
+def test_empty_planning_rtstruct_is_said_to_be_empty(trial: Path):
+    pf = write_patient(trial / "a", "P", relapse_date=None)
+    pf.planning_rtstruct.unlink()
+    write_rtstruct(pf.planning_rtstruct, "P/plan", "P", pf.planning_ct.study_uid, "20200110", [],
+                   referenced=pf.planning_ct)
+    _, issues = _manifest(trial)
+    issue = _issue(issues, "P")
+    assert issue["code"] == "RTSTRUCT_EMPTY" and "T1/a/planning/rs/RS.dcm" in issue["message"]
+    assert issue["file"] == "T1/a/planning/rs/RS.dcm"
+
+
+def test_empty_relapse_rtstruct_is_said_to_be_empty_and_planning_rows_stay(trial: Path):
+    pf = write_patient(trial / "a", "P")
+    pf.relapse_rtstruct.unlink()
+    write_rtstruct(pf.relapse_rtstruct, "P/rel", "P", pf.relapse_image.study_uid, "20211020", [],
+                   referenced=pf.relapse_image)
+    manifest, issues = _manifest(trial)
+    issue = _issue(issues, "P")
+    assert issue["code"] == "RTSTRUCT_EMPTY" and "no ROI" in issue["message"]
+    assert "T1/a/relapse/rs/RS.dcm" in issue["message"]
+    assert manifest["role"].to_list() == ["planning_ct", "planning_rtstruct", "planning_rtdose"]
+
+
+def test_dose_on_another_frame_of_reference_says_so(trial: Path):
+    pf = write_patient(trial / "a", "P")
+    pf.planning_rtdose.unlink()
+    write_rtdose(pf.planning_rtdose, "P/plan", "P", pf.planning_ct.study_uid, "20200110", uid("P/elsewhere"))
+    manifest, issues = _manifest(trial)
+    issue = _issue(issues, "P")
+    assert issue["code"] == "RTDOSE_OTHER_FRAME"
+    assert uid("P/elsewhere") in issue["message"] and pf.planning_ct.for_uid in issue["message"]
+    assert manifest.is_empty()
+
+
+def test_refused_dose_keeps_the_other_roles_and_relapse_is_still_resolved(trial: Path):
+    pf = write_patient(trial / "a", "P")
+    pf.planning_rtdose.unlink()
+    write_rtdose(pf.planning_rtdose, "P/plan", "P", pf.planning_ct.study_uid, "20200110", pf.planning_ct.for_uid,
+                 units="RELATIVE")
+    manifest, issues = _manifest(trial)
+    assert _issue(issues, "P")["code"] == "RTDOSE_RELATIVE"
+    assert manifest["role"].to_list() == ["planning_ct", "planning_rtstruct", "relapse_image", "relapse_rtstruct"]
+    assert not any(manifest["complete"])
+
+
+def test_incomplete_and_complete_patients_side_by_side(trial: Path):
+    write_patient(trial / "a", "GOOD")
+    write_patient(trial / "b", "NOREL", relapse_date=None)
+    manifest, issues = _manifest(trial)
+    assert issues["patient_id"].to_list() == ["NOREL"]
+    assert complete_rows(manifest)["patient_id"].unique().to_list() == ["GOOD"]
+    assert manifest.filter(pl.col("patient_id") == "NOREL").height == 3
+
+
+def test_empty_recurrence_contour_is_recurrence_empty_with_its_name():
+    # the catalog reads ROI names only, so an ROI without contours is found at reading time
+    from rtmap_assets.dicom.readers import RTStruct
+    from rtmap_assets.pipeline.imaging_patient import refuse_empty_match
+
+    square = np.array([[0, 0, 0], [5, 0, 0], [5, 5, 0], [0, 5, 0]], dtype=float)
+    rs = RTStruct("1.2.3", {"Rec_CT": [], "thyroid_cartilage": [square]})
+    with pytest.raises(PatientDataError) as err:
+        refuse_empty_match(rs, CONFIG.aliases.recurrence, "recurrence", "RECURRENCE", "rel/RS.dcm")
+    assert err.value.code == "RECURRENCE_EMPTY" and "'Rec_CT'" in err.value.message
+    assert err.value.file == "rel/RS.dcm"
+    rs.contours["Rec_CT"] = [square]
+    refuse_empty_match(rs, CONFIG.aliases.recurrence, "recurrence", "RECURRENCE", "rel/RS.dcm")  # drawn: no error

@@ -19,6 +19,7 @@ import dagster as dg
 from rtmap_assets.defs.partitions import patients_partitions
 from rtmap_assets.defs.resources import RtmapPaths, TrialSettings
 from rtmap_assets.lake.contract import PATIENT_MANIFEST, REGISTRATION_QC, TableSpec
+from rtmap_assets.dicom.manifest import complete_rows
 
 bronze_job = dg.define_asset_job(
     "bronze_job",
@@ -67,7 +68,10 @@ def _fingerprints(paths: RtmapPaths, spec: TableSpec) -> dict[str, str]:
     """patient_id → input_fingerprint as recorded in a lake table (manifest: current; registration_qc: done).
 
     Reads two columns only: the sensor never loads whole tables."""
-    df = paths.lake.read(spec, columns=["patient_id", "input_fingerprint"])
+    if spec.name == PATIENT_MANIFEST.name:  # only complete patients get partitions and runs
+        df = complete_rows(paths.lake.read(spec, columns=["patient_id", "input_fingerprint", "complete"]))
+    else:
+        df = paths.lake.read(spec, columns=["patient_id", "input_fingerprint"])
     if df.is_empty():
         return {}
     fp = df.group_by("patient_id").agg(pl.col("input_fingerprint").first())

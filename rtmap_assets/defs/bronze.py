@@ -4,7 +4,7 @@ import polars as pl
 
 import dagster as dg
 from rtmap_assets.dicom.catalog import catalog_folder
-from rtmap_assets.dicom.manifest import build_manifest
+from rtmap_assets.dicom.manifest import build_manifest, complete_rows
 from rtmap_assets.defs.lake_io import read_upstream
 from rtmap_assets.defs.metadata import md_table
 from rtmap_assets.defs.resources import RtmapPaths, TrialSettings
@@ -96,7 +96,7 @@ def patient_manifest(context: dg.AssetExecutionContext, paths: RtmapPaths, trial
     for pid in sorted(patients):
         rows = issues.filter(pl.col("patient_id") == pid).to_dicts() if issues.height else []
         record_issues(lake, pid, "manifest", rows)
-    ready = manifest["patient_id"].n_unique() if manifest.height else 0
+    ready = complete_rows(manifest)["patient_id"].n_unique() if manifest.height else 0
     for row in issues.iter_rows(named=True) if issues.height else []:
         context.log.warning(f"{row['patient_id']}: [{row['code']}] {row['message']}")
     yield dg.MaterializeResult(

@@ -28,6 +28,7 @@ from rtmap_assets.defs.lake_io import read_upstream
 from rtmap_assets.defs.metadata import md_table
 from rtmap_assets.defs.partitions import patients_partitions
 from rtmap_assets.defs.resources import RtmapPaths, TrialSettings
+from rtmap_assets.dicom.manifest import complete_rows
 from rtmap_assets.dosimetry.uncertainty import sphere_radius
 from rtmap_assets.errors import PatientDataError
 from rtmap_assets.lake import Lake
@@ -148,7 +149,8 @@ def patient_registration(context: dg.AssetExecutionContext, paths: RtmapPaths, t
     """DICOM → working grid → registration → mapped structures, for one patient."""
     pid = context.partition_key
     lake, config = paths.lake, trial.config
-    rows = read_upstream(context, lake, PATIENT_MANIFEST, patient_id=pid)
+    # incomplete patients keep manifest rows for what was found; only complete ones are processed
+    rows = complete_rows(read_upstream(context, lake, PATIENT_MANIFEST, patient_id=pid))
     if rows.is_empty():
         raise _fail(lake, pid, "imaging", PatientDataError(
             "NOT_IN_MANIFEST", "patient has no complete set of roles in patient_manifest; see its manifest issues"),

@@ -25,6 +25,10 @@ Conventions
   reading the file. Duplicate-UID rejects are recomputed every run (they depend on other files),
   and so are I/O failures ("unreadable file: ...", e.g. permissions), which may be transient.
 * Files and folders whose name starts with "." (hidden, partial uploads) are ignored.
+* Folders as users arrange them (`_walk`): folders reached through symbolic links are followed, each
+  real folder once (a link loop or a second link to a walked folder is a reject row, not a hang or
+  duplicates); a file or folder name that is not valid UTF-8, a zero-byte file and a broken link are
+  reject rows with their own reasons. These rejects come from the listing and are recomputed each run.
 """
 
 from __future__ import annotations
@@ -650,27 +654,96 @@ class _Listed:
     abs: str
     size: int
     mtime_ns: int
+    reject: str | None = None  # reason when the listing itself rules the entry out (never read)
+
+
+EMPTY_FILE_REASON = "empty file (0 bytes): nothing to read (an export still being copied?)"
+NON_UTF8_REASON = "name is not valid UTF-8 ({what}); rename it so paths can be stored (bytes shown escaped)"
+SYMLINK_LOOP_REASON = "symbolic link loop: folder points back to its ancestor {target}; not followed"
+SYMLINK_SEEN_REASON = "folder already catalogued as {target} (reached again through a symbolic link); not read twice"
+BROKEN_LINK_REASON = "broken symbolic link (its target does not exist)"
+
+
+def _printable(path: str) -> str:
+    """A path with undecodable bytes (surrogate escapes from os.scandir) shown as \\xNN."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 def _walk(trial_dir: Path, raw_root: Path) -> Iterator[_Listed]:
-    stack = [trial_dir]
+    """Every non-hidden file under `trial_dir`, and a reject entry for what cannot be catalogued.
+
+    Folders reached through symbolic links are followed (users link patient folders into a trial
+    folder). Each real folder is walked once, by its (device, inode): a link back to one of its own
+    ancestors is a loop and becomes a reject entry instead of a hang, and a second way into an
+    already walked folder becomes a reject entry instead of duplicate rows. Names that are not
+    valid UTF-8, zero-byte files and broken links are reject entries too, so one odd file never
+    stops the catalog.
+    """
     prefix_len = len(str(raw_root)) + 1
-    while stack:
-        d = stack.pop()
+    root_st = os.stat(trial_dir)
+    root_key = (root_st.st_dev, root_st.st_ino)
+    walked: dict[tuple[int, int], str] = {root_key: str(trial_dir)}
+    stack: list[tuple[str, tuple[tuple[int, int], ...]]] = [(str(trial_dir), (root_key,))]
+    # Linked folders wait until every real folder is walked, so a folder is named by its real path
+    # whatever order the listing comes in (a link into it is then the reject).
+    links: list[tuple[str, tuple[tuple[int, int], ...], os.stat_result]] = []
+
+    def reject(path: str, reason: str, st: os.stat_result | None) -> _Listed:
+        return _Listed(_printable(path[prefix_len:].replace(os.sep, "/")), path,
+                       st.st_size if st else 0, st.st_mtime_ns if st else 0, reason)
+
+    while stack or links:
+        if not stack:
+            path, ancestors, lst = links.pop(0)
+            key = ancestors[-1]
+            if key in walked:
+                yield reject(path, SYMLINK_SEEN_REASON.format(target=_printable(walked[key][prefix_len:])), lst)
+                continue
+            walked[key] = path
+            stack.append((path, ancestors))
+        d, ancestors = stack.pop()
         try:
-            entries = list(os.scandir(d))
+            entries = sorted(os.scandir(d), key=lambda e: e.name)
         except OSError as exc:
-            log.warning("cannot list %s: %s", d, exc)
+            log.warning("cannot list %s: %s", _printable(d), exc)
             continue
         for e in entries:
             if e.name.startswith("."):
                 continue
-            if e.is_dir(follow_symlinks=False):
-                stack.append(Path(e.path))
-            elif e.is_file():
-                st = e.stat()
+            try:
+                lst = e.stat(follow_symlinks=False)
+            except OSError:
+                continue  # vanished between listing and stat
+            try:
+                e.name.encode("utf-8")
+            except UnicodeEncodeError:
+                what = "folder: its files are not read" if e.is_dir() else "file"
+                yield reject(e.path, NON_UTF8_REASON.format(what=what), lst)
+                continue
+            try:
+                is_dir = e.is_dir()  # follows links
+                st = e.stat() if (is_dir or e.is_file()) else None
+            except OSError:
+                is_dir, st = False, None
+            if e.is_symlink() and st is None:
+                yield reject(e.path, BROKEN_LINK_REASON, lst)
+                continue
+            if is_dir:
+                assert st is not None
+                key = (st.st_dev, st.st_ino)
+                if key in ancestors:
+                    yield reject(e.path, SYMLINK_LOOP_REASON.format(target=_printable(walked[key][prefix_len:])), lst)
+                elif e.is_symlink():
+                    links.append((e.path, (*ancestors, key), lst))
+                else:
+                    walked[key] = e.path
+                    stack.append((e.path, (*ancestors, key)))
+            elif st is not None:
                 rel = e.path[prefix_len:].replace(os.sep, "/")
-                yield _Listed(rel, e.path, st.st_size, st.st_mtime_ns)
+                if st.st_size == 0:
+                    yield reject(e.path, EMPTY_FILE_REASON, st)
+                else:
+                    yield _Listed(rel, e.path, st.st_size, st.st_mtime_ns)
 
 
 def _export_of(rel: str) -> str | None:
@@ -723,7 +796,9 @@ def catalog_folder(raw_trial_dir: str | Path, previous_files: pl.DataFrame | Non
     trial = trial_dir.name
     now = dt.datetime.now(dt.timezone.utc)
 
-    listed = {f.rel: f for f in _walk(trial_dir, raw_root)} if trial_dir.is_dir() else {}
+    walk = list(_walk(trial_dir, raw_root)) if trial_dir.is_dir() else []
+    listed = {f.rel: f for f in walk if f.reject is None}
+    walk_rejects = [f for f in walk if f.reject is not None]  # decided by the listing, recomputed every run
     if not trial_dir.is_dir():
         log.warning("raw trial folder %s does not exist; empty catalog", trial_dir)
 
@@ -770,12 +845,14 @@ def catalog_folder(raw_trial_dir: str | Path, previous_files: pl.DataFrame | Non
         [*reused_files, pl.DataFrame(new_rows, schema=FILES_SCHEMA)], how="vertical"
     ).select(list(FILES_SCHEMA)).sort("path")
     files, dup_rejects = _split_duplicates(files, now)
+    new_rejects.extend({"path": f.rel, "trial": trial, "size_bytes": f.size, "mtime_ns": f.mtime_ns,
+                        "reason": f.reject, "rejected_at": now} for f in walk_rejects)
     rejects = pl.concat(
         [*reused_rejects, pl.DataFrame(new_rejects, schema=REJECTS_SCHEMA), dup_rejects],
         how="vertical",
     ).sort("path")
 
-    n_removed = len(known - set(listed))
+    n_removed = len(known - set(listed) - {f.rel for f in walk_rejects})
     elapsed = time.perf_counter() - t0
     log.info("catalog %s: %d files, %d rejects; read %d, reused %d, removed %d in %.2f s",
              trial, files.height, rejects.height, len(to_read), len(reused_paths), n_removed, elapsed)

@@ -2,29 +2,51 @@
 
 Input is the `dicom_files` catalog (see `catalog.py`); output is two tables:
 
-* `patient_manifest` (long format, `MANIFEST_SCHEMA`): one row per patient x role, roles
+* `patient_manifest` (long format, `MANIFEST_SCHEMA`): one row per patient x role found, roles
   `planning_ct`, `planning_rtstruct`, `planning_rtdose`, `relapse_image`, `relapse_rtstruct`,
-  each with the reason it was chosen, the structure/alias that qualified it, and the patient's
-  `input_fingerprint` (a hash of the chosen files' path, size and mtime).
-* `pipeline_issues` (`ISSUES_SCHEMA`, stage "manifest"): why a patient could not be resolved.
+  each with the reason it was chosen, the structure/alias that qualified it, the patient's
+  `input_fingerprint` (a hash of the chosen files' path, size and mtime) and `complete`.
+* `pipeline_issues` (`ISSUES_SCHEMA`, stage "manifest"): why a patient is not complete.
 
-A patient is either complete (exactly five rows) or absent from the manifest with at least one
-issue row explaining what was found; nothing is guessed. "Which patients are ready" is therefore
-`SELECT DISTINCT patient_id FROM patient_manifest`, and the rest are in `pipeline_issues`.
+What the manifest says about a patient: every role it could resolve has a row, whether or not the
+patient is complete, so users see what was found next to the issue saying what is missing.
+`complete` (the same on all of a patient's rows) is true when all five roles resolved and there is
+no manifest issue; only complete patients go on to the per-patient pipeline. "Which patients are
+ready" is `SELECT DISTINCT patient_id FROM patient_manifest WHERE complete` (`complete_rows`).
+Without a planning CT nothing is placed (no rows): the relapse is defined relative to it.
 
-Rule 1 as implemented:
+Rule 1 as implemented, in the steps of `resolve_patient`:
 
 * A structure set *references* an image series through its RTReferencedSeriesSequence when any
   of those series is in the catalog, otherwise through its frame(s) of reference.
-* Planning CT: the CT series whose FrameOfReferenceUID is that of an RTDOSE and which is
-  referenced by an RTSTRUCT with a CTV (a structure matching `aliases.ctv_for_dose(p)` for a
-  prescription p > 0 of any arm). Exactly one such series is required.
-* Planning RTDOSE: the RTDOSE on that frame of reference; when there are several, the single one
-  with DoseSummationType PLAN, else ambiguous. Planning RTSTRUCT: the single CTV structure set
-  referencing the planning CT.
+* Planning CT: the CT series of two or more slices whose FrameOfReferenceUID is that of an RTDOSE
+  and which is referenced by an RTSTRUCT with a CTV (a structure matching `aliases.ctv_for_dose(p)`
+  for a prescription p > 0 of any arm). Exactly one such series is required. A one-slice CT (a
+  scout, one exported slice) is never a planning CT (`PLANNING_CT_ONE_SLICE` when it is the only
+  one); a CTV-referenced CT whose frame of reference no RTDOSE shares is `RTDOSE_OTHER_FRAME`.
+* Planning RTSTRUCT: the single CTV structure set referencing the planning CT. A structure set
+  with no ROI at all is called empty (`RTSTRUCT_EMPTY`), not "no CTV".
+* Plan dose (rule 16, docs/DOSE_SUMMATION.md, `dose_sum.select_plan_doses`): the RTDOSE objects on
+  the planning frame of reference, and those of the planning study, are the candidates. Parts
+  (DoseSummationType BEAM, FRACTION, BRACHY) are summed into the plan total; totals (PLAN,
+  MULTI_PLAN) of different RTPLANs (a main plan and a boost, each referencing its own RTPLAN) are
+  summed; a part whose ReferencedRTPlanSequence UIDs are all among a total's is already in that total
+  and is not added again (listed in the reason as such). The catalog keeps RTPLAN and structure set
+  references in one column (`referenced_sop_instance_uids`); an RTDOSE's plan references are those
+  UIDs that are not a catalogued object of another modality. Refused with a code: DoseUnits RELATIVE
+  (`RTDOSE_RELATIVE`), a candidate on another frame of reference (`RTDOSE_OTHER_FRAME`), grids of
+  different orientation (`RTDOSE_GRID_MISALIGNED`), per-session or control-point dose and untyped
+  objects among several (`RTDOSE_SUMMATION_TYPE`), two totals of one RTPLAN or an unreferenced
+  object beside a total (`AMBIGUOUS_RTDOSE`). The planning_rtdose row lists every summed file in
+  `files` (path order; `n_files` of them; `sop_instance_uid` null when several) and the reason says
+  which were summed, which were left out and why. RTDOSE objects of other studies on other frames
+  (e.g. a later re-irradiation plan) are not part of the plan; the reason names them.
 * Relapse RTSTRUCT: the single RTSTRUCT in a study dated after the planning study (study date =
   earliest StudyDate of the study's files) with exactly one structure matching
   `aliases.recurrence`. Relapse image: the one CT or MR series (not the planning CT) it references.
+
+A failed planning RTSTRUCT or plan dose does not stop the relapse steps, so a patient can have
+several manifest issues; a failed relapse RTSTRUCT leaves the planning rows in place.
 """
 
 from __future__ import annotations
@@ -39,6 +61,7 @@ from typing import Any
 import polars as pl
 
 from rtmap_assets.config import TrialConfig
+from rtmap_assets.dicom.dose_sum import DosePart, select_plan_doses
 from rtmap_assets.errors import PatientDataError
 from rtmap_assets.naming import match_aliases
 
@@ -66,6 +89,7 @@ MANIFEST_SCHEMA: dict[str, pl.DataType] = {
     "matched_structure": pl.String(),
     "matched_alias": pl.String(),
     "input_fingerprint": pl.String(),
+    "complete": pl.Boolean(),  # all five roles resolved and no manifest issue (same on all the patient's rows)
 }
 
 ISSUES_SCHEMA: dict[str, pl.DataType] = {
@@ -133,6 +157,7 @@ class _Patient:
     rtdoses: list[dict[str, Any]]
     study_dates: dict[str, date | None]
     modalities: dict[str, int] = field(default_factory=dict)
+    non_plan_sops: set[str] = field(default_factory=set)  # SOP UIDs of catalogued objects that are not RTPLANs
 
 
 def _patient_view(pid: str, part: pl.DataFrame) -> _Patient:
@@ -163,7 +188,8 @@ def _patient_view(pid: str, part: pl.DataFrame) -> _Patient:
         series.append(_Series(uid, "/".join(mods), studies[0] if len(studies) == 1 else None, fors,
                               srows[0]["series_description"], srows))
     trial = rows[0]["trial"] if rows else None
-    return _Patient(pid, trial, series, rtstructs, rtdoses, study_dates, modalities)
+    non_plan = {r["sop_instance_uid"] for r in rows if r["modality"] != "RTPLAN" and r["sop_instance_uid"]}
+    return _Patient(pid, trial, series, rtstructs, rtdoses, study_dates, modalities, non_plan)
 
 
 def _structures(r: dict[str, Any]) -> list[str]:
@@ -227,29 +253,60 @@ def _fmt_date(d: date | None) -> str:
 
 
 # ----------------------------------------------------------------------------------------------
-# Rule 1 for one patient
+# Rule 1 for one patient, in named steps
 # ----------------------------------------------------------------------------------------------
 
+_RefSet = tuple[dict[str, Any], list[tuple[str, str]], str]  # (RTSTRUCT row, CTV matches, how it references)
 
-def resolve_patient(p: _Patient, config: TrialConfig) -> list[dict[str, Any]]:
-    """The five manifest rows of one patient; raises `PatientDataError` when anything is missing
-    or ambiguous (the first problem found, with what was found in the message)."""
-    ctv_patterns = ctv_aliases(config)
+
+@dataclass
+class PatientResolution:
+    """What the manifest found for one patient: the rows of the roles it resolved and the problems.
+
+    `complete` is True when all five roles resolved and nothing is wrong; the rows are written to the
+    manifest either way (with `complete` set on each), the issues go to `pipeline_issues`.
+    """
+
+    rows: list[dict[str, Any]]
+    issues: list[PatientDataError]
+
+    @property
+    def complete(self) -> bool:
+        return not self.issues and {r["role"] for r in self.rows} == set(ROLES)
+
+
+def _planning_ct(p: _Patient, ctv_sets: list[tuple[dict[str, Any], list[tuple[str, str]]]],
+                 ctv_patterns: list[str]) -> tuple[_Series, list[_RefSet]]:
+    """Step 1: the CT series on an RTDOSE's frame of reference referenced by a CTV structure set."""
     cts = [s for s in p.series if s.modality == "CT"]
-    ctv_sets = [(rs, match_aliases(_structures(rs), ctv_patterns)) for rs in p.rtstructs]
-    ctv_sets = [(rs, found) for rs, found in ctv_sets if found]
     dose_fors = {d["frame_of_reference_uid"] for d in p.rtdoses if d["frame_of_reference_uid"]}
-
-    # --- planning CT ------------------------------------------------------------------------
-    candidates: list[tuple[_Series, list[tuple[dict[str, Any], list[tuple[str, str]], str]]]] = []
+    candidates: list[tuple[_Series, list[_RefSet]]] = []
+    single_slice: list[_Series] = []
+    other_frame: list[_Series] = []
     for s in cts:
-        if s.for_uid is None or s.for_uid not in dose_fors:
+        refs = [(rs, found, how) for rs, found in ctv_sets if (how := _references(rs, s, p.series)) is not None]
+        if not refs:
             continue
-        refs = [(rs, found, how) for rs, found in ctv_sets
-                if (how := _references(rs, s, p.series)) is not None]
-        if refs:
+        if _n_slices(s) < 2:
+            single_slice.append(s)  # a scout or one exported slice: never a planning volume
+        elif s.for_uid is None or s.for_uid not in dose_fors:
+            other_frame.append(s)
+        else:
             candidates.append((s, refs))
     if not candidates:
+        if other_frame and p.rtdoses:
+            doses = "; ".join(f"{d['path']} on {d['frame_of_reference_uid'] or 'no FoR'}" for d in p.rtdoses)
+            raise PatientDataError(
+                "RTDOSE_OTHER_FRAME",
+                "the CT series referenced by a CTV structure set ("
+                + "; ".join(s.describe() for s in other_frame)
+                + f") shares its frame of reference with no RTDOSE; RTDOSE found: {doses}",
+                file=p.rtdoses[0]["path"])
+        if single_slice:
+            raise PatientDataError(
+                "PLANNING_CT_ONE_SLICE",
+                "the only CT series referenced by a CTV structure set has one slice, which is not a planning "
+                "volume: " + "; ".join(s.describe() for s in single_slice), file=single_slice[0].rows[0]["path"])
         _explain_no_planning(p, cts, ctv_sets, ctv_patterns)
     if len(candidates) > 1:
         listing = "; ".join(s.describe() for s, _ in candidates)
@@ -260,43 +317,66 @@ def resolve_patient(p: _Patient, config: TrialConfig) -> list[dict[str, Any]]:
             file=candidates[0][0].rows[0]["path"])
     ct, refs = candidates[0]
     if len({r["study_instance_uid"] for r in ct.rows}) > 1:
-        raise PatientDataError("INCONSISTENT_SERIES",
-                               f"planning {ct.describe()} spans several studies",
+        raise PatientDataError("INCONSISTENT_SERIES", f"planning {ct.describe()} spans several studies",
                                file=ct.rows[0]["path"])
+    return ct, refs
 
-    # --- planning RTSTRUCT ------------------------------------------------------------------
+
+def _n_slices(s: _Series) -> int:
+    return sum(max(int(r["number_of_frames"] or 1), 1) for r in s.rows)
+
+
+def _planning_rtstruct(ct: _Series, refs: list[_RefSet]) -> _RefSet:
+    """Step 2: the single CTV structure set referencing the planning CT."""
     if len(refs) > 1:
         raise PatientDataError(
             "AMBIGUOUS_PLANNING_RTSTRUCT",
             f"{len(refs)} RTSTRUCTs with a CTV reference planning {ct.describe()}: "
             + "; ".join(_fmt_rs(rs) for rs, _, _ in refs),
             file=refs[0][0]["path"])
-    rs, ctv_found, how = refs[0]
+    return refs[0]
 
-    # --- planning RTDOSE --------------------------------------------------------------------
-    doses = [d for d in p.rtdoses if d["frame_of_reference_uid"] == ct.for_uid]
-    dose_note = "the only RTDOSE on the planning frame of reference"
-    if len(doses) > 1:
-        plan = [d for d in doses if (d["dose_summation_type"] or "").upper() == "PLAN"]
-        if len(plan) != 1:
-            raise PatientDataError(
-                "AMBIGUOUS_RTDOSE",
-                f"{len(doses)} RTDOSE files on planning FoR {ct.for_uid} and {len(plan)} of them "
-                "have DoseSummationType PLAN: "
-                + "; ".join(f"{d['path']} ({d['dose_summation_type']})" for d in doses),
-                file=doses[0]["path"])
-        dose_note = (f"the only one of {len(doses)} RTDOSE files on the planning frame of reference "
-                     "with DoseSummationType PLAN")
-        doses = plan
-    dose = doses[0]
 
-    planning_date = p.study_dates.get(ct.study_uid or "")
-    if planning_date is None:
-        raise PatientDataError("NO_STUDY_DATE",
-                               f"planning study {ct.study_uid} has no StudyDate, so a later "
-                               "relapse study cannot be told apart", file=ct.rows[0]["path"])
+def _dose_part(d: dict[str, Any], not_plans: set[str]) -> DosePart:
+    # The catalog keeps ReferencedRTPlanSequence and ReferencedStructureSetSequence UIDs in one
+    # column; the RTPLAN references are those that are not a catalogued object of another modality.
+    plans = frozenset(u for u in (d["referenced_sop_instance_uids"] or []) if u not in not_plans)
+    iop = d["image_orientation_patient"]
+    summation = (d["dose_summation_type"] or "").upper() or None
+    units = (d["dose_units"] or "").upper() or None
+    return DosePart(d["path"], summation, units, d["frame_of_reference_uid"], plans, tuple(iop) if iop else None)
 
-    # --- relapse RTSTRUCT -------------------------------------------------------------------
+
+def _plan_dose(p: _Patient, ct: _Series) -> dict[str, Any]:
+    """Step 3: the RTDOSE objects summed into the plan dose (rule 16, `dose_sum.select_plan_doses`).
+
+    Considered: every RTDOSE on the planning frame of reference, and every RTDOSE of the planning
+    study (one of those on another frame is refused, not silently left out of the sum).
+    """
+    considered = [d for d in p.rtdoses
+                  if d["frame_of_reference_uid"] == ct.for_uid or d["study_instance_uid"] == ct.study_uid]
+    selection = select_plan_doses([_dose_part(d, p.non_plan_sops) for d in considered], ct.for_uid)
+    summed = {part.path for part in selection.summed}
+    rows = [d for d in considered if d["path"] in summed]
+    ignored = [d for d in p.rtdoses if d not in considered]
+    reason = selection.reason(ct.for_uid)
+    if ignored:
+        reason += ("; RTDOSE in other studies on other frames of reference, not part of this plan: "
+                   + ", ".join(d["path"] for d in ignored))
+    row = _object_row("planning_rtdose", rows[0], ct.for_uid, p.study_dates, reason)
+    if len(rows) > 1:
+        series = {d["series_instance_uid"] for d in rows}
+        row.update(sop_instance_uid=None, series_instance_uid=series.pop() if len(series) == 1 else None,
+                   n_files=len(rows), files=[d["path"] for d in rows])
+    row["_entries"] = [(d["path"], d["size_bytes"], d["mtime_ns"]) for d in considered]
+    units = sorted({d["dose_units"] or "none" for d in rows})
+    row["reason"] += f"; units {', '.join(units)}"
+    return row
+
+
+def _relapse_rtstruct(p: _Patient, config: TrialConfig, planning_date: date, ct: _Series,
+                      planning_paths: set[str]) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+    """Step 4: the single RTSTRUCT with one recurrence structure in a study dated after planning."""
     later = sorted((uid for uid, d in p.study_dates.items() if d is not None and d > planning_date),
                    key=lambda u: (p.study_dates[u], u))
     if not later:
@@ -307,21 +387,26 @@ def resolve_patient(p: _Patient, config: TrialConfig) -> list[dict[str, Any]]:
             f"studies found: {studies}", file=ct.rows[0]["path"])
     rec_aliases = config.aliases.recurrence
     rec_sets = [(r, match_aliases(_structures(r), rec_aliases)) for r in p.rtstructs
-                if r["path"] != rs["path"]]
-    later_rec = [(r, found) for r, found in rec_sets
-                 if found and r["study_instance_uid"] in later]
+                if r["path"] not in planning_paths]
+    later_rec = [(r, found) for r, found in rec_sets if found and r["study_instance_uid"] in later]
     if not later_rec:
         later_rs = [r for r in p.rtstructs if r["study_instance_uid"] in later]
         earlier = [r for r, found in rec_sets if found and r["study_instance_uid"] not in later]
+        empty = [r for r in later_rs if not _structures(r)]
+        studies = ", ".join(f"{u} ({_fmt_date(p.study_dates[u])})" for u in later)
+        if empty and len(empty) == len(later_rs):
+            raise PatientDataError(
+                "RTSTRUCT_EMPTY",
+                f"the RTSTRUCT(s) in the {len(later)} later stud{'y' if len(later) == 1 else 'ies'} ({studies}) "
+                f"have no ROI at all (empty structure set): {', '.join(r['path'] for r in empty)}; "
+                f"the recurrence (aliases {rec_aliases}) cannot be found", file=empty[0]["path"])
         msg = (f"no RTSTRUCT in the {len(later)} later stud{'y' if len(later) == 1 else 'ies'} "
-               f"({', '.join(f'{u} ({_fmt_date(p.study_dates[u])})' for u in later)}) has a "
-               f"structure matching the recurrence aliases {rec_aliases}; RTSTRUCTs there: "
+               f"({studies}) has a structure matching the recurrence aliases {rec_aliases}; RTSTRUCTs there: "
                + ("; ".join(_fmt_rs(r) for r in later_rs) or "none"))
         if earlier:
             msg += ("; recurrence-like structures only in studies not after planning: "
                     + "; ".join(_fmt_rs(r) for r in earlier))
-        raise PatientDataError("NO_RECURRENCE_STRUCTURE", msg,
-                               file=later_rs[0]["path"] if later_rs else None)
+        raise PatientDataError("NO_RECURRENCE_STRUCTURE", msg, file=later_rs[0]["path"] if later_rs else None)
     if len(later_rec) > 1:
         raise PatientDataError(
             "AMBIGUOUS_RELAPSE",
@@ -336,10 +421,13 @@ def resolve_patient(p: _Patient, config: TrialConfig) -> list[dict[str, Any]]:
             "AMBIGUOUS_RECURRENCE_STRUCTURE",
             f"relapse RTSTRUCT {rel_rs['path']} has {len(rec_found)} structures matching the "
             f"recurrence aliases: {_fmt_matches(rec_found)}", file=rel_rs["path"])
+    return rel_rs, rec_found
 
-    # --- relapse image ----------------------------------------------------------------------
-    images = [(s, how_img) for s in p.series if s is not ct and s.modality in IMAGE_MODALITIES
-              and (how_img := _references(rel_rs, s, p.series)) is not None]
+
+def _relapse_image(p: _Patient, ct: _Series, rel_rs: dict[str, Any]) -> tuple[_Series, str]:
+    """Step 5: the one CT or MR series (not the planning CT) the relapse RTSTRUCT references."""
+    images = [(s, how) for s in p.series if s is not ct and s.modality in IMAGE_MODALITIES
+              and (how := _references(rel_rs, s, p.series)) is not None]
     if not images:
         raise PatientDataError(
             "NO_RELAPSE_IMAGE",
@@ -354,40 +442,89 @@ def resolve_patient(p: _Patient, config: TrialConfig) -> list[dict[str, Any]]:
             "AMBIGUOUS_RELAPSE_IMAGE",
             f"relapse RTSTRUCT {rel_rs['path']} references {len(images)} image series: "
             + "; ".join(s.describe() for s, _ in images), file=rel_rs["path"])
-    img, how_img = images[0]
+    return images[0]
 
-    # --- rows ---------------------------------------------------------------------------------
-    rel_date = p.study_dates.get(rel_rs["study_instance_uid"])
-    ctv_name, ctv_alias = ctv_found[0]
-    rec_name, rec_alias = rec_found[0]
-    others_same_for = [s for s in cts if s is not ct and s.for_uid == ct.for_uid]
-    ct_reason = (f"CT series FoR {ct.for_uid} shared by RTDOSE {dose['path']}; RTSTRUCT {rs['path']} "
-                 f"references it by {how} and has CTV '{ctv_name}' (alias {ctv_alias})")
+
+def resolve_patient(p: _Patient, config: TrialConfig) -> PatientResolution:
+    """Rule 1 for one patient: the rows of every role that resolved, and what went wrong.
+
+    Steps: planning CT, planning RTSTRUCT, plan dose, relapse RTSTRUCT, relapse image. Without a
+    planning CT nothing else can be placed (the relapse is "a later study" than the planning one),
+    so that failure stops; a failed planning RTSTRUCT or plan dose does not stop the relapse steps,
+    and a failed relapse RTSTRUCT stops only the relapse image. Each failure is one issue.
+    """
+    ctv_patterns = ctv_aliases(config)
+    ctv_sets = [(rs, match_aliases(_structures(rs), ctv_patterns)) for rs in p.rtstructs]
+    ctv_sets = [(rs, found) for rs, found in ctv_sets if found]
+    rows: list[dict[str, Any]] = []
+    issues: list[PatientDataError] = []
+    try:
+        ct, refs = _planning_ct(p, ctv_sets, ctv_patterns)
+    except PatientDataError as err:
+        return PatientResolution([], [err])
+
+    ct_row = _series_row("planning_ct", ct, p.study_dates, "")
+    rows.append(ct_row)
+    ct_reason = f"CT series FoR {ct.for_uid}"
+    try:
+        rs, ctv_found, how = _planning_rtstruct(ct, refs)
+        ctv_name, ctv_alias = ctv_found[0]
+        ct_reason += (f"; RTSTRUCT {rs['path']} references it by {how} and has CTV '{ctv_name}' "
+                      f"(alias {ctv_alias})")
+        rows.append(_object_row("planning_rtstruct", rs, ct.for_uid, p.study_dates,
+                                f"structure set referencing the planning CT by {how}; CTV structures: "
+                                f"{_fmt_matches(ctv_found)}", ctv_name, ctv_alias))
+    except PatientDataError as err:
+        issues.append(err)
+    try:
+        dose_row = _plan_dose(p, ct)
+        ct_reason += f"; shared by RTDOSE {', '.join(dose_row['files'])}"
+        rows.append(dose_row)
+    except PatientDataError as err:
+        issues.append(err)
+    others_same_for = [s for s in p.series if s.modality == "CT" and s is not ct and s.for_uid == ct.for_uid]
     if others_same_for:
         ct_reason += ("; other CT series on this FoR are not referenced by a CTV structure set: "
                       + ", ".join(s.uid for s in others_same_for))
-    rows = [
-        _series_row("planning_ct", ct, p.study_dates, ct_reason),
-        _object_row("planning_rtstruct", rs, ct.for_uid, p.study_dates,
-                    f"structure set referencing the planning CT by {how}; CTV structures: "
-                    f"{_fmt_matches(ctv_found)}", ctv_name, ctv_alias),
-        _object_row("planning_rtdose", dose, dose["frame_of_reference_uid"], p.study_dates,
-                    f"{dose_note} ({ct.for_uid}); DoseSummationType "
-                    f"{dose['dose_summation_type']}, units {dose['dose_units']}"),
-        _series_row("relapse_image", img, p.study_dates,
-                    f"{img.modality} series referenced by the relapse RTSTRUCT {rel_rs['path']} "
-                    f"by {how_img}"),
-        _object_row("relapse_rtstruct", rel_rs, img.for_uid, p.study_dates,
-                    f"only RTSTRUCT with a recurrence structure in a study after planning: study "
-                    f"{rel_rs['study_instance_uid']} dated {_fmt_date(rel_date)} > planning "
-                    f"{planning_date.isoformat()}; structure '{rec_name}' (alias {rec_alias})",
-                    rec_name, rec_alias),
-    ]
+    ct_row["reason"] = ct_reason
+
+    planning_date = p.study_dates.get(ct.study_uid or "")
+    try:
+        if planning_date is None:
+            raise PatientDataError("NO_STUDY_DATE",
+                                   f"planning study {ct.study_uid} has no StudyDate, so a later "
+                                   "relapse study cannot be told apart", file=ct.rows[0]["path"])
+        rel_rs, rec_found = _relapse_rtstruct(p, config, planning_date, ct, {r["path"] for r, _, _ in refs})
+        rel_date = p.study_dates.get(rel_rs["study_instance_uid"])
+        rec_name, rec_alias = rec_found[0]
+        rel_rs_reason = (f"only RTSTRUCT with a recurrence structure in a study after planning: study "
+                         f"{rel_rs['study_instance_uid']} dated {_fmt_date(rel_date)} > planning "
+                         f"{planning_date.isoformat()}; structure '{rec_name}' (alias {rec_alias})")
+        img: _Series | None = None
+        try:
+            img, how_img = _relapse_image(p, ct, rel_rs)
+            rows.append(_series_row("relapse_image", img, p.study_dates,
+                                    f"{img.modality} series referenced by the relapse RTSTRUCT {rel_rs['path']} "
+                                    f"by {how_img}"))
+        except PatientDataError as err:
+            issues.append(err)
+        rel_for = img.for_uid if img is not None else next(iter(rel_rs["referenced_frame_of_reference_uids"] or []),
+                                                            None)
+        rows.append(_object_row("relapse_rtstruct", rel_rs, rel_for, p.study_dates, rel_rs_reason,
+                                rec_name, rec_alias))
+    except PatientDataError as err:
+        issues.append(err)
+
     chosen = [(path, size, mtime) for row in rows for path, size, mtime in row.pop("_entries")]
     fp = fingerprint(chosen)
-    for row in rows:
+    resolution = PatientResolution([], issues)
+    order = {r: i for i, r in enumerate(ROLES)}
+    for row in sorted(rows, key=lambda r: order[r["role"]]):
         row.update(patient_id=p.patient_id, trial=p.trial, input_fingerprint=fp)
-    return [{k: row.get(k) for k in MANIFEST_SCHEMA} for row in rows]
+        resolution.rows.append(row)
+    complete = resolution.complete
+    resolution.rows = [{**{k: row.get(k) for k in MANIFEST_SCHEMA}, "complete": complete} for row in resolution.rows]
+    return resolution
 
 
 def _explain_no_planning(p: _Patient, cts: list[_Series],
@@ -405,6 +542,14 @@ def _explain_no_planning(p: _Patient, cts: list[_Series],
             "frame of reference it shares with the dose", file=cts[0].rows[0]["path"])
     if not ctv_sets:
         listing = "; ".join(_fmt_rs(r) for r in p.rtstructs) or "none"
+        empty = [r for r in p.rtstructs if not _structures(r)]
+        if empty and len(empty) == len(p.rtstructs):
+            raise PatientDataError(
+                "RTSTRUCT_EMPTY",
+                f"every RTSTRUCT of the patient has no ROI at all (empty structure set): {listing}; "
+                f"no CTV (aliases {ctv_patterns}) can be found", file=empty[0]["path"])
+        if empty:
+            listing += f" ({len(empty)} of them empty: no ROI)"
         raise PatientDataError(
             "NO_CTV_STRUCTURE",
             f"no RTSTRUCT has a structure matching the CTV aliases {ctv_patterns}; RTSTRUCTs: "
@@ -464,22 +609,32 @@ def _object_row(role: str, r: dict[str, Any], for_uid: str | None, study_dates: 
 def build_manifest(files: pl.DataFrame, config: TrialConfig) -> tuple[pl.DataFrame, pl.DataFrame]:
     """(patient_manifest, pipeline_issues) for every patient in the catalog `files`.
 
-    One patient's problem never affects another: each is resolved on its own files only.
+    One patient's problem never affects another: each is resolved on its own files only. The
+    manifest holds a row for every role found, complete patients or not (`complete` says which);
+    `complete_rows` keeps the patients that are ready for the per-patient pipeline.
     """
     rows: list[dict[str, Any]] = []
     issues: list[dict[str, Any]] = []
     if files.height:
         for (pid,), part in files.drop_nulls("patient_id").group_by("patient_id"):
-            try:
-                rows.extend(resolve_patient(_patient_view(str(pid), part), config))
-            except PatientDataError as err:
-                issues.append(err.as_issue(str(pid), STAGE))
+            resolution = resolve_patient(_patient_view(str(pid), part), config)
+            rows.extend(resolution.rows)
+            issues.extend(err.as_issue(str(pid), STAGE) for err in resolution.issues)
     manifest = pl.DataFrame(rows, schema=MANIFEST_SCHEMA)
     if manifest.height:
         order = {r: i for i, r in enumerate(ROLES)}
         manifest = manifest.sort(
             "patient_id", pl.col("role").replace_strict(order, return_dtype=pl.Int64))
     issue_df = pl.DataFrame(issues, schema=ISSUES_SCHEMA).sort("patient_id", "code")
-    n_patients = manifest["patient_id"].n_unique() if manifest.height else 0
-    log.info("manifest: %d complete patients, %d issues", n_patients, issue_df.height)
+    n_complete = complete_rows(manifest)["patient_id"].n_unique() if manifest.height else 0
+    n_partial = manifest.filter(~pl.col("complete"))["patient_id"].n_unique() if manifest.height else 0
+    log.info("manifest: %d complete patients, %d incomplete with the roles found, %d issues",
+             n_complete, n_partial, issue_df.height)
     return manifest, issue_df
+
+
+def complete_rows(manifest: pl.DataFrame) -> pl.DataFrame:
+    """The rows of complete patients only (a table written before `complete` existed is all complete)."""
+    if "complete" not in manifest.columns or manifest.is_empty():
+        return manifest
+    return manifest.filter(pl.col("complete"))

@@ -20,9 +20,11 @@ Conventions (tested in `rtmap_assets_tests/test_readers_*.py`):
   contour plane, and a structure thinner than the slice spacing lands on its nearest slice. So
   contours on planes between target slices go to the nearest slice, and a target grid coarser than
   the contour spacing takes one plane per slice instead of XOR-ing neighbouring planes together.
-- RTDOSE: Gy = stored value x DoseGridScaling. GridFrameOffsetVector may be relative (first value 0,
-  offsets along the normal from ImagePositionPatient) or absolute (first value equal to the z of
-  ImagePositionPatient, only allowed for axial grids); other forms or non-uniform offsets are refused.
+- RTDOSE: Gy = stored value x DoseGridScaling (uint16 or uint32 frames); DoseUnits RELATIVE is refused
+  (`RTDOSE_RELATIVE`). GridFrameOffsetVector may be relative (first value 0, offsets along the normal
+  from ImagePositionPatient) or absolute (first value equal to the z of ImagePositionPatient, only
+  allowed for axial grids); other forms or non-uniform offsets are refused. Several RTDOSE objects
+  of one plan are summed by `dose_sum.read_plan_dose` (rule 16).
 """
 
 from __future__ import annotations
@@ -250,7 +252,10 @@ def read_rtdose(path: str | Path) -> sitk.Image:
     ds = pydicom.dcmread(path)
     if getattr(ds, "Modality", "") != "RTDOSE":
         raise PatientDataError("rtdose_not_rtdose", f"modality is {getattr(ds, 'Modality', None)!r}", file=path)
-    units = str(getattr(ds, "DoseUnits", "GY")).upper()
+    units = str(getattr(ds, "DoseUnits", "GY")).strip().upper()
+    if units == "RELATIVE":
+        raise PatientDataError("RTDOSE_RELATIVE", "DoseUnits RELATIVE (relative to a normalisation point), not Gy; "
+                               "rtmap uses absolute dose only", file=path)
     if units != "GY":
         raise PatientDataError("rtdose_units", f"DoseUnits {units!r} is not GY", file=path)
     scaling = float(getattr(ds, "DoseGridScaling", 1.0) or 1.0)

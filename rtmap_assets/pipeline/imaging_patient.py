@@ -28,8 +28,8 @@ import polars as pl
 import SimpleITK as sitk
 
 from rtmap_assets.config import TrialConfig
-from rtmap_assets.dicom.readers import contour_bounds_mm, rasterise, read_image_series, read_rtdose, \
-    read_rtstruct
+from rtmap_assets.dicom.dose_sum import read_plan_dose
+from rtmap_assets.dicom.readers import RTStruct, contour_bounds_mm, rasterise, read_image_series, read_rtstruct
 from rtmap_assets.errors import PatientDataError
 from rtmap_assets.imaging import grid as wg
 from rtmap_assets.imaging.mapping import map_mask, mask_centroid_mm, mask_volume_cc
@@ -114,6 +114,16 @@ def _one(names: list[str], aliases: list[str], what: str, code: str, file: str) 
     return found[0]
 
 
+def refuse_empty_match(rs: RTStruct, aliases: list[str], what: str, code: str, file: str) -> None:
+    """`{CODE}_EMPTY` naming the structure when the only structures matching `aliases` have no contour
+    (an empty ROI is not a missing one: the user must redraw it, not rename it)."""
+    found = match_aliases(rs.names, aliases)
+    if found and not any(rs.contours[n] for n, _ in found):
+        names = ", ".join(f"{n!r} (alias {a})" for n, a in found)
+        raise PatientDataError(f"{code}_EMPTY", f"{what} structure {names} has no contour in the RTSTRUCT",
+                               stage=STAGE, file=file)
+
+
 def _local_grid(contours: list[np.ndarray], spacing_mm: float, margin_mm: float) -> sitk.Image:
     lo, hi = contour_bounds_mm(contours)
     return wg.make_grid(lo - margin_mm, hi + margin_mm, spacing_mm)
@@ -143,7 +153,7 @@ def run_imaging(manifest_rows: pl.DataFrame, config: TrialConfig, out_dir: Path,
     plan_rs = read_rtstruct(plan_rs_file)
     rel_rs = read_rtstruct(rel_rs_file)
     dose_rows = manifest_rows.filter(pl.col("role") == "planning_rtdose")
-    dose = read_rtdose(_role_files(manifest_rows, "planning_rtdose", raw_root)[0]) if dose_rows.height else None
+    dose = read_plan_dose(_role_files(manifest_rows, "planning_rtdose", raw_root)) if dose_rows.height else None
     read_s = time.perf_counter() - t
 
     # ---- working grids, planning structures
@@ -188,6 +198,7 @@ def run_imaging(manifest_rows: pl.DataFrame, config: TrialConfig, out_dir: Path,
     del relapse
 
     rel_names = [n for n in rel_rs.names if rel_rs.contours[n]]
+    refuse_empty_match(rel_rs, al.recurrence, "recurrence", "RECURRENCE", rel_rs_file)
     rec_name, rec_alias = _one(rel_names, al.recurrence, "recurrence", "recurrence", rel_rs_file)
     lm_name, lm_alias = _one(rel_names, al.landmark, "landmark", "landmark", rel_rs_file)
     comparison = [(n, a) for n, a in match_aliases(rel_names, al.comparison) if n not in (rec_name, lm_name)]
