@@ -36,7 +36,7 @@ def prepare_instance(data_dir: Path) -> Path:
 
 
 def _cmd_synth(argv: list[str]) -> int:
-    from rtmap_assets.synth.cli import main_synth
+    from rtmap_synth.cli import main_synth
 
     return main_synth(argv)
 

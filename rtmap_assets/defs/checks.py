@@ -8,6 +8,7 @@ import polars as pl
 
 import dagster as dg
 from rtmap_assets.config import LEVELS, TrialConfig
+from rtmap_synth.evaluation import truth_mismatches
 
 REGISTRATION_CHECKS = [
     dg.AssetCheckSpec("landmark_distance_within_limit", asset="registration_qc",
@@ -50,25 +51,6 @@ def classification_complete(classification: pl.DataFrame) -> dg.AssetCheckResult
     return dg.AssetCheckResult(check_name="classification_complete", asset_key="recurrence_classification",
                                passed=ok, metadata={"levels": ", ".join(sorted(levels)),
                                                     "null_classes": str(missing) if missing else "none"})
-
-
-def truth_mismatches(classification: pl.DataFrame, truth: dict) -> list[str]:
-    """Differences between the classification rows and the generator's truth (empty list = all equal)."""
-    out = []
-    for row in classification.iter_rows(named=True):
-        t = truth["classes"].get(row["level"])
-        if t is None:
-            if row.get("level_present"):
-                out.append(f"{row['level']}: present here, absent in truth")
-            continue
-        for col in ("centroid_class", "volume_class", "dawson_class"):
-            if row.get(col) != t[col]:
-                out.append(f"{row['level']}.{col}: {row.get(col)} != truth {t[col]}")
-        if row.get("mohamed_type") != truth["mohamed"]:
-            out.append(f"{row['level']}.mohamed_type: {row.get('mohamed_type')} != truth {truth['mohamed']}")
-    if classification.height and classification["arm"][0] != truth["arm"]:
-        out.append(f"arm: {classification['arm'][0]} != truth {truth['arm']}")
-    return out
 
 
 def ground_truth_check(classification: pl.DataFrame, truth: dict | None) -> dg.AssetCheckResult:

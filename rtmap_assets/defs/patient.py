@@ -144,8 +144,12 @@ def patient_registration(context: dg.AssetExecutionContext, paths: RtmapPaths):
     else:
         out_dir = lake.patient_files(pid) / f"v-{version}-{context.run_id[:8]}"
         try:
-            result = run_imaging(rows, config, out_dir, truth=_load_truth(paths, config.trial, pid),
-                                 raw_root=paths.raw_root)
+            result = run_imaging(rows, config, out_dir, raw_root=paths.raw_root)
+            truth = _load_truth(paths, config.trial, pid)
+            if truth is not None:  # synthetic patient: TRE / recurrence Dice against the generator's truth
+                from rtmap_synth.evaluation import with_truth_metrics
+
+                result.registration_qc = with_truth_metrics(result.registration_qc, out_dir, truth)
         except Exception as err:  # noqa: BLE001 - every failure becomes a pipeline_issues row
             shutil.rmtree(out_dir, ignore_errors=True)
             raise _fail(lake, pid, "imaging", err, context) from err

@@ -22,12 +22,12 @@ import numpy as np
 
 from rtmap_assets.config import LEVELS, TrialConfig, load_trial_config
 from rtmap_assets.naming import first_match
-from rtmap_assets.synth.dicom_write import (
+from rtmap_synth.dicom_write import (
     ContourCollector, ImageSeriesWriter, PatientTags, RoiSpec, StudyInfo, rtdose_dataset, rtstruct_dataset, save, uid,
 )
-from rtmap_assets.synth.phantom import Ellipsoid, Grid, Phantom
-from rtmap_assets.synth.truth import CASES, DoseField, landmark_centroid, place_recurrence
-from rtmap_assets.synth.warp import RelapseWarp
+from rtmap_synth.phantom import Ellipsoid, Grid, Phantom
+from rtmap_synth.truth import CASES, DoseField, landmark_centroid, place_recurrence
+from rtmap_synth.warp import RelapseWarp
 
 log = logging.getLogger(__name__)
 

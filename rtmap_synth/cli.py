@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from rtmap_assets.config import load_trial_config
-from rtmap_assets.synth.cohort import SIZES, GeneratorSettings, generate_cohort
+from rtmap_synth.cohort import SIZES, GeneratorSettings, generate_cohort
 
 log = logging.getLogger(__name__)
 

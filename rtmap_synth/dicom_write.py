@@ -19,7 +19,7 @@ from pydicom.tag import Tag
 from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
 from skimage.measure import find_contours
 
-from rtmap_assets.synth.phantom import Grid
+from rtmap_synth.phantom import Grid
 
 CT_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 MR_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
