@@ -573,6 +573,66 @@ def _write_truth(truth_dir: Path, truth: dict) -> None:
     tmp.replace(truth_dir / f"{pid}.json")
 
 
+def _truth_record(*, patient_id: str, config: TrialConfig, arm: str, case: str, export_case: str, seed: int,
+                  relapse_modality: str, settings: GeneratorSettings, layout: str, position: str, phantom: Phantom,
+                  warp: RelapseWarp, mean_disp: float, centre: np.ndarray, rec_radii, result: dict,
+                  names: dict[str, str], rel_names: dict[str, str], ident: _Identity, ct: Grid, rgrid: Grid,
+                  dose: _PlanDose, dose_files: list[dict], skip: int | None, ct_writer: ImageSeriesWriter, rs,
+                  rel_writer: ImageSeriesWriter, rrs, n_files: int) -> dict:
+    """The patient's truth JSON (docs/ARCHITECTURE.md, "Synthetic ground truth")."""
+    plan_study, rel_study = ident.plan_study, ident.rel_study
+    return {
+        "patient_id": patient_id,
+        "trial": config.trial,
+        "arm": arm,
+        "prescriptions": config.prescriptions(arm),
+        "case": case,
+        "export_case": export_case,
+        "expected": _expected_outcome(export_case, ct, skip),
+        "relapse_modality": relapse_modality,
+        "planning_patient_position": position,
+        "warp": warp.to_dict(),
+        "mean_displacement_mm": round(mean_disp, 3),
+        "recurrence": {
+            "name": rel_names["recurrence"],
+            "centroid_planning_mm": [float(v) for v in centre],
+            "radius_mm": round(float(np.cbrt(np.prod(rec_radii))), 3),
+            "radii_mm": list(rec_radii),
+            "shape": "axis-aligned ellipsoid in planning space; relapse image = {q: relapse_to_planning(q) inside}",
+        },
+        "landmark": {"name": names["landmark"], "relapse_name": rel_names["landmark"],
+                     "centroid_planning_mm": [round(float(v), 4) for v in landmark_centroid(phantom)]},
+        "structure_names": {**names, **{f"relapse_{k}": v for k, v in rel_names.items()}},
+        "ctv_naming": "level" if export_case == "level_names" else "dose",
+        "sphere_radius_mm": config.uncertainty.radius_mm,
+        "classes": result["classes"],
+        "mohamed": result["mohamed"],
+        "covariates": ident.covariates,
+        "seed": seed,
+        "layout": layout,
+        "planning_grid": ct.to_dict(),
+        "relapse_grid": rgrid.to_dict(),
+        "dose_grid": dose.grid.to_dict(),
+        "dose_grid_scaling": DOSE_GRID_SCALING,
+        "dose_files": dose_files,
+        "uids": {
+            "planning_study": plan_study.study_uid, "planning_frame_of_reference": plan_study.frame_of_reference_uid,
+            "planning_ct_series": ct_writer.ref.series_uid, "planning_rtstruct": rs.SOPInstanceUID,
+            "planning_rtdose": dose_files[0]["sop_instance_uid"], "relapse_study": rel_study.study_uid,
+            "relapse_frame_of_reference": rel_study.frame_of_reference_uid,
+            "relapse_image_series": rel_writer.ref.series_uid, "relapse_rtstruct": rrs.SOPInstanceUID,
+        },
+        "study_dates": {"planning": plan_study.study_date, "relapse": rel_study.study_date},
+        "n_files": n_files,
+        "phantom": phantom.to_dict(),
+        "generator": {"settings": asdict(settings),
+                      "truth_method": "dose = written RTDOSE (stored x DoseGridScaling; the sum of the files when "
+                                      "several), trilinear at mm points; sphere and recurrence fractions on 0.5 mm "
+                                      "lattices; CTV membership analytic; placement robust to +-2 mm shifts and 2 mm "
+                                      "rasterisation"},
+    }
+
+
 # -- one patient --------------------------------------------------------------------------------
 def generate_patient(raw_trial_dir: Path, truth_dir: Path, patient_id: str, *, seed: int, arm: str, case: str,
                      relapse_modality: str = "CT", settings: GeneratorSettings = GeneratorSettings(),
@@ -621,57 +681,12 @@ def generate_patient(raw_trial_dir: Path, truth_dir: Path, patient_id: str, *, s
                                      modality=relapse_modality, seed=seed, key=key, settings=settings,
                                      patient_id=patient_id)
 
-    plan_study, rel_study = ident.plan_study, ident.rel_study
-    truth = {
-        "patient_id": patient_id,
-        "trial": config.trial,
-        "arm": arm,
-        "prescriptions": prescriptions,
-        "case": case,
-        "export_case": export_case,
-        "expected": _expected_outcome(export_case, ct, skip),
-        "relapse_modality": relapse_modality,
-        "planning_patient_position": position,
-        "warp": warp.to_dict(),
-        "mean_displacement_mm": round(mean_disp, 3),
-        "recurrence": {
-            "name": rel_names["recurrence"],
-            "centroid_planning_mm": [float(v) for v in centre],
-            "radius_mm": round(float(np.cbrt(np.prod(rec_radii))), 3),
-            "radii_mm": list(rec_radii),
-            "shape": "axis-aligned ellipsoid in planning space; relapse image = {q: relapse_to_planning(q) inside}",
-        },
-        "landmark": {"name": names["landmark"], "relapse_name": rel_names["landmark"],
-                     "centroid_planning_mm": [round(float(v), 4) for v in landmark_centroid(phantom)]},
-        "structure_names": {**names, **{f"relapse_{k}": v for k, v in rel_names.items()}},
-        "ctv_naming": "level" if export_case == "level_names" else "dose",
-        "sphere_radius_mm": config.uncertainty.radius_mm,
-        "classes": result["classes"],
-        "mohamed": result["mohamed"],
-        "covariates": ident.covariates,
-        "seed": seed,
-        "layout": layout,
-        "planning_grid": ct.to_dict(),
-        "relapse_grid": rgrid.to_dict(),
-        "dose_grid": dose.grid.to_dict(),
-        "dose_grid_scaling": DOSE_GRID_SCALING,
-        "dose_files": dose_files,
-        "uids": {
-            "planning_study": plan_study.study_uid, "planning_frame_of_reference": plan_study.frame_of_reference_uid,
-            "planning_ct_series": ct_writer.ref.series_uid, "planning_rtstruct": rs.SOPInstanceUID,
-            "planning_rtdose": dose_files[0]["sop_instance_uid"], "relapse_study": rel_study.study_uid,
-            "relapse_frame_of_reference": rel_study.frame_of_reference_uid,
-            "relapse_image_series": rel_writer.ref.series_uid, "relapse_rtstruct": rrs.SOPInstanceUID,
-        },
-        "study_dates": {"planning": plan_study.study_date, "relapse": rel_study.study_date},
-        "n_files": len(files.written),
-        "phantom": phantom.to_dict(),
-        "generator": {"settings": asdict(settings),
-                      "truth_method": "dose = written RTDOSE (stored x DoseGridScaling; the sum of the files when "
-                                      "several), trilinear at mm points; sphere and recurrence fractions on 0.5 mm "
-                                      "lattices; CTV membership analytic; placement robust to +-2 mm shifts and 2 mm "
-                                      "rasterisation"},
-    }
+    truth = _truth_record(
+        patient_id=patient_id, config=config, arm=arm, case=case, export_case=export_case, seed=seed,
+        relapse_modality=relapse_modality, settings=settings, layout=layout, position=position, phantom=phantom,
+        warp=warp, mean_disp=mean_disp, centre=centre, rec_radii=rec_radii, result=result, names=names,
+        rel_names=rel_names, ident=ident, ct=ct, rgrid=rgrid, dose=dose, dose_files=dose_files, skip=skip,
+        ct_writer=ct_writer, rs=rs, rel_writer=rel_writer, rrs=rrs, n_files=len(files.written))
     _write_truth(truth_dir, truth)
     log.info("synthetic patient %s: arm %s, case %s, export %s, %d files", patient_id, arm, case, export_case,
              len(files.written))
