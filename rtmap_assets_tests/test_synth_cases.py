@@ -169,7 +169,8 @@ def test_boost_plan_adds_up_to_the_prescription(make):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("export_case, position, iop", [("ffs", "FFS", [-1, 0, 0, 0, 1, 0]),
-                                                        ("hfp", "HFP", [-1, 0, 0, 0, -1, 0])])
+                                                        ("hfp", "HFP", [-1, 0, 0, 0, -1, 0]),
+                                                        ("ffp", "FFP", [1, 0, 0, 0, -1, 0])])
 def test_patient_positions_keep_the_anatomy_in_place(make, export_case, position, iop):
     folder, truth = make(export_case)
     std_folder, standard = make("standard")
@@ -179,12 +180,14 @@ def test_patient_positions_keep_the_anatomy_in_place(make, export_case, position
     assert all([int(float(v)) for v in d.ImageOrientationPatient] == iop for d in slices)
     np.testing.assert_allclose(z, std_z)
     np.testing.assert_array_equal(vol, std_vol)  # same HU at the same patient point
-    # first stored pixel is where the IOP says: the far x corner for a row direction of -x
+    # first stored pixel is where the IOP says: the far corner along an axis the image runs against
     ipp = [float(v) for v in slices[0].ImagePositionPatient]
     std_ipp = [float(v) for v in std_slices[0].ImagePositionPatient]
     nx, sx = slices[0].Columns, float(slices[0].PixelSpacing[1])
-    assert ipp[0] == pytest.approx(std_ipp[0] + (nx - 1) * sx)
-    if position == "FFS":  # slices numbered along the normal (-z): instance 1 is the most superior slice
+    ny, sy = slices[0].Rows, float(slices[0].PixelSpacing[0])
+    assert ipp[0] == pytest.approx(std_ipp[0] + (nx - 1) * sx if iop[0] < 0 else std_ipp[0])
+    assert ipp[1] == pytest.approx(std_ipp[1] + (ny - 1) * sy if iop[4] < 0 else std_ipp[1])
+    if position.startswith("FF"):  # slices numbered along the normal (-z): instance 1 is the most superior slice
         first = min(slices, key=lambda d: int(d.InstanceNumber))
         assert float(first.ImagePositionPatient[2]) == pytest.approx(z.max())
     assert _contours(folder) == _contours(std_folder)  # structures at the same anatomical place

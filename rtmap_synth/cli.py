@@ -2,7 +2,8 @@
 
     rtmap synth --patients 6                      a new cohort SYN-001..SYN-006
     rtmap synth --add 3                           3 more patients, numbered after the highest id there
-    rtmap synth --patients 9 --cases standard,level_names,per_beam,boost,ffs,hfp,jitter,irregular,gap
+    rtmap synth --patients 10 --cases all         every export case once (standard, level_names, per_beam, boost,
+                                                  ffs, hfp, ffp, jitter, irregular, gap)
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ def _triple(kind):
 
 
 def _cases(text: str) -> tuple[str, ...]:
+    if text.strip() == "all":
+        return EXPORT_CASES
     cases = tuple(c.strip() for c in text.split(",") if c.strip())
     bad = [c for c in cases if c not in EXPORT_CASES]
     if not cases or bad:
@@ -46,7 +49,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                    help="add N patients to the cohort already in --out/--truth, numbered after its highest id "
                         "(existing patients and covariate rows are kept)")
     p.add_argument("--cases", type=_cases, default=("standard",),
-                   help="export cases cycled over the patients: " + ",".join(EXPORT_CASES))
+                   help="export cases cycled over the patients (or 'all'): " + ",".join(EXPORT_CASES))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--size", choices=sorted(SIZES), default="small", help="small 128x128x48 @2x2x3 mm; clinical 512x512x150 @0.98x0.98x2 mm")
     p.add_argument("--shape", type=_triple(int), default=None, help="x,y,z voxels (overrides --size)")

@@ -234,7 +234,7 @@ def _noise(seed: int, stream: int, k0: int, shape, sigma: float) -> np.ndarray:
 
 
 # -- export cases (issue 9: what real exports contain) ------------------------------------------
-EXPORT_CASES = ("standard", "level_names", "per_beam", "boost", "ffs", "hfp", "jitter", "irregular", "gap")
+EXPORT_CASES = ("standard", "level_names", "per_beam", "boost", "ffs", "hfp", "ffp", "jitter", "irregular", "gap")
 # Refusal code the pipeline must give a planning CT with a missing slice. The readers' slice-geometry
 # work names it; keep this constant in step with rtmap_assets' IssueCode.
 GAP_REFUSAL_CODE = "SERIES_SLICE_GAP"
@@ -244,7 +244,7 @@ LEVEL_CTV_NAMES = {"high": ("CTV_High", "ctv_hr"), "intermediate": ("CTV_Mid", "
 JITTER_MM = 0.1
 IRREGULAR_NOMINAL_MM = 2.5
 IRREGULAR_STEPS_MM = (2.1, 2.8)
-POSITION_OF_CASE = {"ffs": "FFS", "hfp": "HFP"}
+POSITION_OF_CASE = {"ffs": "FFS", "hfp": "HFP", "ffp": "FFP"}
 
 
 def _planning_position(export_case: str) -> str:
@@ -558,6 +558,7 @@ def _expected_outcome(export_case: str, ct: Grid, skip_slice: int | None) -> dic
         "boost": "classes; the plan dose is the main + boost PLAN RTDOSE sum (same frame of reference)",
         "ffs": "classes; planning CT and dose written feet first supine",
         "hfp": "classes; planning CT and dose written head first prone",
+        "ffp": "classes; planning CT and dose written feet first prone",
         "jitter": f"classes; planning slices jitter by up to {JITTER_MM} mm (accept)",
         "irregular": f"classes; planning slice steps {IRREGULAR_STEPS_MM[0]}-{IRREGULAR_STEPS_MM[1]} mm on a "
                      f"{IRREGULAR_NOMINAL_MM} mm series (accept and resample)",
