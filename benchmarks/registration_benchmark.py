@@ -345,7 +345,8 @@ Each engine runs in a fresh subprocess; peak RSS = max(VmHWM of the process, pol
 Steps: read = DICOM series/RTSTRUCT/RTDOSE reading; grid = working grids (2 mm, body box) + planning
 rasterisation + dose resampling + relapse rasterisation; registration = landmark start ->
 translation -> rigid -> B-spline 30 mm (MI); mapping = relapse masks -> planning + registered image.
-QC+write = Jacobian, TRE (200 points >= 10 mm inside both body outlines / fields of view), truth Dice, NIfTI writes.
+QC+write = Jacobian, structure overlaps, NIfTI writes. TRE (200 planning points >= 10 mm inside both body outlines /
+fields of view) and truth Dice come afterwards from the stored outputs (`rtmap_synth.evaluation`), not timed.
 
 Command: `{cmd}`{' (skipped, not installed: ' + ', '.join(skipped) + ')' if skipped else ''}
 
