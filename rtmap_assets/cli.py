@@ -36,7 +36,7 @@ def prepare_instance(data_dir: Path) -> Path:
 
 
 def _cmd_synth(argv: list[str]) -> int:
-    from rtmap_assets.synth.cli import main_synth
+    from rtmap_synth.cli import main_synth
 
     return main_synth(argv)
 
@@ -144,7 +144,7 @@ def _add_truth_agreement(rows: list[dict], lake, truth_dir: Path) -> None:
 
     import polars as pl
 
-    from rtmap_assets.defs.checks import truth_mismatches
+    from rtmap_synth.evaluation import truth_mismatches
 
     from rtmap_assets.lake.contract import TABLES
 

@@ -13,7 +13,7 @@ TRIAL = "SYNTH-HN"
 
 
 def _generate(root: Path, n: int, seed: int) -> Path:
-    from rtmap_assets.synth.cohort import GeneratorSettings, generate_cohort
+    from rtmap_synth.cohort import GeneratorSettings, generate_cohort
 
     generate_cohort(root / "raw", root / "truth", root / "covariates" / f"{TRIAL}.csv", n_patients=n, seed=seed,
                     settings=GeneratorSettings(), config=load_trial_config())

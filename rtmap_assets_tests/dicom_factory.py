@@ -1,4 +1,5 @@
-"""Small, valid DICOM / DICOM-RT files written with pydicom, for catalog and manifest tests.
+"""Small, valid DICOM / DICOM-RT files for catalog and manifest tests, written with the generator's
+DICOM writer (rtmap_synth.dicom_write: one writer for the synthetic cohort and the tests).
 
 Images are tiny (8x8 pixels, a few slices) so a whole patient is a few kB. Every dataset carries
 identifying tags (PatientName, BirthDate, institution, physicians) on purpose: the catalog must
@@ -11,15 +12,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
-from pydicom.sequence import Sequence
-from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
+from pydicom.dataset import FileDataset
 
-CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
-MR_IMAGE = "1.2.840.10008.5.1.4.1.1.4"
-RT_STRUCT = "1.2.840.10008.5.1.4.1.1.481.3"
-RT_DOSE = "1.2.840.10008.5.1.4.1.1.481.2"
-RT_PLAN = "1.2.840.10008.5.1.4.1.1.481.5"
+from rtmap_synth.dicom_write import (
+    CT_STORAGE as CT_IMAGE, MR_STORAGE as MR_IMAGE, RTDOSE_STORAGE as RT_DOSE, RTPLAN_STORAGE as RT_PLAN,
+    RTSTRUCT_STORAGE as RT_STRUCT, ImageSeriesWriter, PatientTags, RoiSpec, SeriesRef, StudyInfo, rtdose_dataset,
+    rtstruct_dataset, save, undefined_lengths, uid,
+)
+from rtmap_synth.phantom import Grid
+
+__all__ = ["CT_IMAGE", "MR_IMAGE", "RT_DOSE", "RT_PLAN", "RT_STRUCT", "IDENTIFYING", "PatientFiles", "SeriesInfo",
+           "uid", "undefined_lengths", "write_image_series", "write_patient", "write_rtdose", "write_rtstruct"]
 
 IDENTIFYING = {
     "PatientName": "Doe^Jane",
@@ -32,52 +35,19 @@ IDENTIFYING = {
 }
 
 
-def uid(key: str) -> str:
-    """Deterministic UID for a text key."""
-    return generate_uid(entropy_srcs=[key])
+def _patient(patient_id: str) -> PatientTags:
+    return PatientTags(patient_id, IDENTIFYING["PatientName"], IDENTIFYING["PatientBirthDate"], "F")
 
 
-def _base(path: Path, sop_class: str, sop_uid: str, patient_id: str, study_uid: str,
-          study_date: str, modality: str, series_uid: str) -> FileDataset:
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop_class
-    meta.MediaStorageSOPInstanceUID = sop_uid
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.is_little_endian = True
-    ds.is_implicit_VR = False
-    ds.SpecificCharacterSet = "ISO_IR 100"
-    ds.SOPClassUID = sop_class
-    ds.SOPInstanceUID = sop_uid
-    ds.StudyDate = study_date
-    ds.SeriesDate = study_date
-    ds.ContentDate = study_date
-    ds.Modality = modality
-    ds.PatientID = patient_id
+def _study(study_uid: str, study_date: str, for_uid: str) -> StudyInfo:
+    return StudyInfo(study_uid=study_uid, study_date=study_date, study_time="120000", description="",
+                     study_id="1", accession="", frame_of_reference_uid=for_uid)
+
+
+def _identify(ds: FileDataset) -> FileDataset:
     for k, v in IDENTIFYING.items():
         setattr(ds, k, v)
-    ds.StudyInstanceUID = study_uid
-    ds.SeriesInstanceUID = series_uid
-    ds.StudyID = "1"
-    ds.SeriesNumber = 1
     return ds
-
-
-def undefined_lengths(ds: Dataset) -> None:
-    """Mark every sequence and item as undefined length (delimiter-terminated), as many vendors write."""
-    for elem in ds:
-        if elem.VR == "SQ":
-            elem.is_undefined_length = True
-            for item in elem.value:
-                item.is_undefined_length_sequence_item = True
-                undefined_lengths(item)
-
-
-def _save(ds: FileDataset, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ds.save_as(str(path), write_like_original=False)
-    return path
 
 
 @dataclass
@@ -98,115 +68,50 @@ def write_image_series(folder: Path, key: str, patient_id: str, study_uid: str, 
                        slice_thickness: float = 2.5, file_names: list[str] | None = None,
                        shuffle_instance_numbers: bool = True,
                        description: str | None = None) -> SeriesInfo:
-    """A CT or MR series, one file per slice. Instance numbers are reversed relative to position
-    by default, so a test can tell "sorted by position" from "sorted by instance number"."""
-    sop_class = CT_IMAGE if modality == "CT" else MR_IMAGE
-    series_uid = uid(f"{key}/series")
-    paths, sops, zs = [], [], []
+    """A CT or MR series, one file per slice, first pixel at (-8, -8) mm, slices from z = -10 mm. Instance
+    numbers are reversed relative to position by default, so a test can tell "sorted by position" from
+    "sorted by instance number"."""
+    rows, cols = shape
+    grid = Grid((cols, rows, n_slices), (spacing, spacing, slice_thickness), (-8.0, -8.0, -10.0))
+    writer = ImageSeriesWriter(grid, modality, _patient(patient_id), _study(study_uid, study_date, for_uid),
+                               series_number=1, description=description or f"{modality} {key}", uid_seed=key)
+    paths, zs = [], []
     for i in range(n_slices):
-        sop = uid(f"{key}/sop/{i}")
-        name = file_names[i] if file_names else f"{modality}{i:03d}.dcm"
-        path = folder / name
-        ds = _base(path, sop_class, sop, patient_id, study_uid, study_date, modality, series_uid)
-        ds.SeriesDescription = description or f"{modality} {key}"
-        ds.FrameOfReferenceUID = for_uid
+        ds = _identify(writer.dataset(i, np.full(shape, 1000 + i, dtype=np.int16)))
         ds.InstanceNumber = (n_slices - i) if shuffle_instance_numbers else i + 1
-        z = -10.0 + i * slice_thickness
-        ds.ImagePositionPatient = [-8.0, -8.0, z]
-        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-        ds.PixelSpacing = [spacing, spacing]
-        ds.SliceThickness = slice_thickness
-        ds.Rows, ds.Columns = shape
-        ds.SamplesPerPixel = 1
-        ds.PhotometricInterpretation = "MONOCHROME2"
-        ds.BitsAllocated = 16
-        ds.BitsStored = 16
-        ds.HighBit = 15
-        ds.PixelRepresentation = 1
-        if modality == "CT":
-            ds.RescaleIntercept = -1024
-            ds.RescaleSlope = 1
-        ds.PixelData = (np.full(shape, 1000 + i, dtype=np.int16)).tobytes()
-        _save(ds, path)
-        paths.append(path)
-        sops.append(sop)
-        zs.append(z)
-    return SeriesInfo(modality, study_uid, series_uid, for_uid, study_date, paths, sops, zs)
+        paths.append(save(ds, folder / (file_names[i] if file_names else f"{modality}{i:03d}.dcm")))
+        zs.append(grid.z_at(i))
+    return SeriesInfo(modality, study_uid, writer.ref.series_uid, for_uid, study_date, paths,
+                      list(writer.ref.sop_uids), zs)
 
 
 def write_rtstruct(path: Path, key: str, patient_id: str, study_uid: str, study_date: str,
                    roi_names: list[str], *, referenced: SeriesInfo | None = None,
                    ref_for_uid: str | None = None, reference_series: bool = True,
                    contour_points: int = 40, undefined_length: bool = False) -> str:
-    """An RTSTRUCT with one closed contour per ROI on every referenced slice.
+    """An RTSTRUCT with one closed circular contour (4 mm radius) per ROI on every referenced slice.
 
     `reference_series=False` leaves out the RTReferencedSeriesSequence, so the structure set points
     at its image only through the frame of reference (as some exports do).
     """
-    sop = uid(f"{key}/rtstruct")
-    ds = _base(path, RT_STRUCT, sop, patient_id, study_uid, study_date, "RTSTRUCT",
-               uid(f"{key}/rtstruct-series"))
-    ds.SeriesDescription = f"Structures {key}"
-    ds.StructureSetLabel = "RTSTRUCT"
-    ds.StructureSetDate = study_date
     for_uid = ref_for_uid or (referenced.for_uid if referenced else uid(f"{key}/for"))
-    ref_for = Dataset()
-    ref_for.FrameOfReferenceUID = for_uid
-    if referenced is not None and reference_series:
-        ser = Dataset()
-        ser.SeriesInstanceUID = referenced.series_uid
-        ser.ContourImageSequence = Sequence([_ref(CT_IMAGE if referenced.modality == "CT" else MR_IMAGE, s)
-                                             for s in referenced.sop_uids])
-        st = Dataset()
-        st.ReferencedSOPClassUID = "1.2.840.10008.3.1.2.3.1"
-        st.ReferencedSOPInstanceUID = referenced.study_uid
-        st.RTReferencedSeriesSequence = Sequence([ser])
-        ref_for.RTReferencedStudySequence = Sequence([st])
-    ds.ReferencedFrameOfReferenceSequence = Sequence([ref_for])
-    rois, contours = [], []
+    image = None
+    if referenced is not None:
+        image = SeriesRef(referenced.series_uid, CT_IMAGE if referenced.modality == "CT" else MR_IMAGE,
+                          list(referenced.sop_uids))
     zs = referenced.z_positions if referenced else [0.0]
-    for n, name in enumerate(roi_names, start=1):
-        roi = Dataset()
-        roi.ROINumber = n
-        roi.ReferencedFrameOfReferenceUID = for_uid
-        roi.ROIName = name
-        roi.ROIGenerationAlgorithm = "MANUAL"
-        rois.append(roi)
-        rc = Dataset()
-        rc.ReferencedROINumber = n
-        rc.ROIDisplayColor = [255, 0, 0]
-        items = []
-        for z in zs:
-            c = Dataset()
-            c.ContourGeometricType = "CLOSED_PLANAR"
-            ang = np.linspace(0, 2 * np.pi, contour_points, endpoint=False)
-            pts = np.stack([4 * np.cos(ang), 4 * np.sin(ang), np.full_like(ang, z)], axis=1)
-            c.NumberOfContourPoints = contour_points
-            c.ContourData = [f"{v:.2f}" for v in pts.ravel()]
-            items.append(c)
-        rc.ContourSequence = Sequence(items)
-        contours.append(rc)
-    ds.StructureSetROISequence = Sequence(rois)
-    ds.ROIContourSequence = Sequence(contours)
-    obs = []
-    for n, name in enumerate(roi_names, start=1):
-        o = Dataset()
-        o.ObservationNumber = n
-        o.ReferencedROINumber = n
-        o.RTROIInterpretedType = "CTV" if "ctv" in name.lower() else "ORGAN"
-        obs.append(o)
-    ds.RTROIObservationsSequence = Sequence(obs)
+    ang = np.linspace(0, 2 * np.pi, contour_points, endpoint=False)
+    circle = [(k, np.stack([4 * np.cos(ang), 4 * np.sin(ang), np.full_like(ang, z)], axis=1))
+              for k, z in enumerate(zs)]
+    rois = [RoiSpec(name, name, "CTV" if "ctv" in name.lower() else "ORGAN", (255, 0, 0)) for name in roi_names]
+    ds = rtstruct_dataset(rois, {name: circle for name in roi_names}, image, _patient(patient_id),
+                          _study(study_uid, study_date, for_uid), uid_seed=key, label="RTSTRUCT",
+                          reference_series=reference_series)
+    ds.SeriesDescription = f"Structures {key}"
     if undefined_length:
         undefined_lengths(ds)
-    _save(ds, path)
-    return sop
-
-
-def _ref(sop_class: str, sop_uid: str) -> Dataset:
-    d = Dataset()
-    d.ReferencedSOPClassUID = sop_class
-    d.ReferencedSOPInstanceUID = sop_uid
-    return d
+    save(_identify(ds), path)
+    return ds.SOPInstanceUID
 
 
 def write_rtdose(path: Path, key: str, patient_id: str, study_uid: str, study_date: str,
@@ -216,46 +121,32 @@ def write_rtdose(path: Path, key: str, patient_id: str, study_uid: str, study_da
                  spacing: tuple[float, float, float] = (3.0, 3.0, 2.5),
                  orientation: tuple[float, ...] = (1, 0, 0, 0, 1, 0), units: str = "GY",
                  scaling: float = 0.001, bits: int = 32, absolute_offsets: bool = False) -> str:
-    """A multi-frame RTDOSE grid (Gy) on `for_uid`.
+    """A multi-frame RTDOSE grid (Gy) on `for_uid`, written by the generator's RTDOSE writer.
 
     Default: 60 Gy everywhere on a (3, 6, 6) grid. `dose_gy` (z, y, x) gives the values instead;
     `spacing` is (x, y, z) mm; `bits` 16 or 32 is the stored integer type; `absolute_offsets`
-    writes GridFrameOffsetVector as z positions instead of offsets from the first frame.
+    writes GridFrameOffsetVector as z positions instead of offsets from the first frame;
+    `orientation` and `units` override what the writer puts in those tags.
     """
-    sop = uid(f"{key}/rtdose")
-    ds = _base(path, RT_DOSE, sop, patient_id, study_uid, study_date, "RTDOSE",
-               uid(f"{key}/rtdose-series"))
-    ds.FrameOfReferenceUID = for_uid
     if dose_gy is not None:
         shape = tuple(int(v) for v in dose_gy.shape)  # type: ignore[assignment]
     nz, ny, nx = shape
-    ds.NumberOfFrames = nz
-    ds.Rows, ds.Columns = ny, nx
-    ds.PixelSpacing = [spacing[1], spacing[0]]
+    stored = np.full(shape, 60000) if dose_gy is None else np.round(np.asarray(dose_gy) / scaling)
+    grid = Grid((nx, ny, nz), tuple(float(v) for v in spacing), tuple(float(v) for v in origin))
+    ds = rtdose_dataset(stored.astype(np.uint32), f"{scaling:g}", grid, _patient(patient_id),
+                        _study(study_uid, study_date, for_uid), uid_seed=key, summation=summation,
+                        series_number=1, referenced_plan_uid=rtplan_sop, referenced_rtstruct_uid=rtstruct_sop)
     ds.ImagePositionPatient = [float(v) for v in origin]
     ds.ImageOrientationPatient = [float(v) for v in orientation]
     offsets = [spacing[2] * i for i in range(nz)]
     ds.GridFrameOffsetVector = [origin[2] + o for o in offsets] if absolute_offsets else offsets
-    ds.FrameIncrementPointer = 0x3004000C
     ds.DoseUnits = units
-    ds.DoseType = "PHYSICAL"
-    ds.DoseSummationType = summation
-    ds.DoseGridScaling = f"{scaling:g}"
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated = bits
-    ds.BitsStored = bits
-    ds.HighBit = bits - 1
-    ds.PixelRepresentation = 0
-    if rtplan_sop:
-        ds.ReferencedRTPlanSequence = Sequence([_ref(RT_PLAN, rtplan_sop)])
-    if rtstruct_sop:
-        ds.ReferencedStructureSetSequence = Sequence([_ref(RT_STRUCT, rtstruct_sop)])
-    dtype = np.uint16 if bits == 16 else np.uint32
-    stored = np.full(shape, 60000) if dose_gy is None else np.round(np.asarray(dose_gy) / scaling)
-    ds.PixelData = stored.astype(dtype).tobytes()
-    _save(ds, path)
-    return sop
+    if bits == 16:
+        ds.BitsAllocated = ds.BitsStored = 16
+        ds.HighBit = 15
+        ds.PixelData = stored.astype(np.uint16).tobytes()
+    save(_identify(ds), path)
+    return ds.SOPInstanceUID
 
 
 @dataclass

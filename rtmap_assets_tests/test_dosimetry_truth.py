@@ -29,7 +29,7 @@ N_PATIENTS = 6
 
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory):
-    from rtmap_assets.synth.cohort import generate_cohort
+    from rtmap_synth.cohort import generate_cohort
 
     root = tmp_path_factory.mktemp("cohort")
     config = load_trial_config()
@@ -142,7 +142,7 @@ def test_pipeline_matches_truth(cohort, tmp_path):
     for truth in truths:
         pid = truth["patient_id"]
         rows = manifest.filter(manifest["patient_id"] == pid)
-        result = run_imaging(rows, config, tmp_path / pid, truth=truth, raw_root=root / "raw")
+        result = run_imaging(rows, config, tmp_path / pid, raw_root=root / "raw")
         sigma = result.registration_qc["landmark_distance_mm"][0]
         res = run_dosimetry(result.volumes, config, radius_mm=5.0, sigma_mm=float(sigma))
         bad = compare(res.classification, truth)

@@ -10,7 +10,7 @@ import pytest
 from rtmap_assets.config import load_trial_config
 from rtmap_assets.dicom.catalog import catalog_folder, read_header, read_header_pydicom, resolve_path
 from rtmap_assets.dicom.manifest import ROLES, build_manifest
-from rtmap_assets.synth.cohort import GeneratorSettings, generate_cohort
+from rtmap_synth.cohort import GeneratorSettings, generate_cohort
 
 CONFIG = load_trial_config()
 

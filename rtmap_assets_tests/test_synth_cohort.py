@@ -16,11 +16,11 @@ from skimage.draw import polygon
 
 from rtmap_assets.config import LEVELS, load_trial_config
 from rtmap_assets.naming import first_match
-from rtmap_assets.synth.cli import main_synth
-from rtmap_assets.synth.cohort import GeneratorSettings, generate_cohort, generate_patient
-from rtmap_assets.synth.phantom import Ellipsoid, Grid, Phantom
-from rtmap_assets.synth.truth import tre_points
-from rtmap_assets.synth.warp import RelapseWarp
+from rtmap_synth.cli import main_synth
+from rtmap_synth.cohort import GeneratorSettings, generate_cohort, generate_patient
+from rtmap_synth.phantom import Ellipsoid, Grid, Phantom
+from rtmap_synth.truth import tre_points
+from rtmap_synth.warp import RelapseWarp
 
 CONFIG = load_trial_config()
 TINY = GeneratorSettings(ct_shape=(48, 48, 16), ct_spacing=(3.0, 3.0, 4.0), layout="flat")

@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from rtmap_assets.synth.phantom import Grid, Phantom
-from rtmap_assets.synth.warp import RelapseWarp
+from rtmap_synth.phantom import Grid, Phantom
+from rtmap_synth.warp import RelapseWarp
 
 
 @pytest.fixture(scope="module")

@@ -26,6 +26,8 @@ SYNTHETIC = {"rtmap_synth", "rtmap_assets.synth"}
 def folder_of(module: str) -> str:
     """`rtmap_assets.dicom.catalog` -> `rtmap_assets.dicom`; top-level modules stay themselves."""
     parts = module.split(".")
+    if parts[0] != "rtmap_assets":
+        return parts[0]  # rtmap_synth is one folder
     return ".".join(parts[:2]) if len(parts) > 1 else parts[0]
 
 

@@ -14,6 +14,9 @@ REGISTRATION_CHECKS = [
                       description="Landmark centroid distance after registration ≤ qc.max_landmark_distance_mm."),
     dg.AssetCheckSpec("no_folding", asset="registration_qc",
                       description="Fraction of body voxels with Jacobian determinant ≤ 0 ≤ qc.max_folding_fraction."),
+    dg.AssetCheckSpec("matches_known_warp", asset="registration_qc",
+                      description="Evaluation, synthetic patients only (a ground-truth file exists): TRE against the "
+                      "generator's known warp (mean ≤ 1 mm, max ≤ 3 mm) and recurrence Dice ≥ 0.85."),
 ]
 CLASSIFICATION_CHECKS = [
     dg.AssetCheckSpec("classification_complete", asset="recurrence_classification", blocking=True,
@@ -52,33 +55,34 @@ def classification_complete(classification: pl.DataFrame) -> dg.AssetCheckResult
                                                     "null_classes": str(missing) if missing else "none"})
 
 
-def truth_mismatches(classification: pl.DataFrame, truth: dict) -> list[str]:
-    """Differences between the classification rows and the generator's truth (empty list = all equal)."""
-    out = []
-    for row in classification.iter_rows(named=True):
-        t = truth["classes"].get(row["level"])
-        if t is None:
-            if row.get("level_present"):
-                out.append(f"{row['level']}: present here, absent in truth")
-            continue
-        for col in ("centroid_class", "volume_class", "dawson_class"):
-            if row.get(col) != t[col]:
-                out.append(f"{row['level']}.{col}: {row.get(col)} != truth {t[col]}")
-        if row.get("mohamed_type") != truth["mohamed"]:
-            out.append(f"{row['level']}.mohamed_type: {row.get('mohamed_type')} != truth {truth['mohamed']}")
-    if classification.height and classification["arm"][0] != truth["arm"]:
-        out.append(f"arm: {classification['arm'][0]} != truth {truth['arm']}")
-    return out
-
-
 def ground_truth_check(classification: pl.DataFrame, truth: dict | None) -> dg.AssetCheckResult:
+    """Evaluation: runs only where the synthetic generator left a ground truth (real patients pass as 'no truth')."""
     if truth is None:
         return dg.AssetCheckResult(check_name="matches_ground_truth", asset_key="recurrence_classification",
                                    passed=True, severity=_WARN, metadata={"truth": "none (not a synthetic patient)"})
+    from rtmap_synth.evaluation import truth_mismatches  # only where truth exists: production never needs it
+
     bad = truth_mismatches(classification, truth)
     return dg.AssetCheckResult(check_name="matches_ground_truth", asset_key="recurrence_classification",
                                passed=not bad, severity=_WARN,
                                metadata={"case": truth.get("case"), "mismatches": "; ".join(bad) or "none"})
+
+
+# Bars of the registration evaluation on synthetic patients (issue 3's goals).
+TRUTH_TRE_MEAN_MM, TRUTH_TRE_MAX_MM, TRUTH_DICE_MIN = 1.0, 3.0, 0.85
+
+
+def known_warp_check(qc: dict, has_truth: bool) -> dg.AssetCheckResult:
+    """Evaluation of the registration against the generator's known warp (columns filled only when truth exists)."""
+    if not has_truth:
+        return dg.AssetCheckResult(check_name="matches_known_warp", asset_key="registration_qc", passed=True,
+                                   severity=_WARN, metadata={"truth": "none (not a synthetic patient)"})
+    tre_mean, tre_max, dice = qc.get("tre_mean_mm"), qc.get("tre_max_mm"), qc.get("recurrence_dice_truth")
+    ok = (tre_mean is not None and tre_mean <= TRUTH_TRE_MEAN_MM and tre_max is not None
+          and tre_max <= TRUTH_TRE_MAX_MM and dice is not None and dice >= TRUTH_DICE_MIN)
+    return dg.AssetCheckResult(check_name="matches_known_warp", asset_key="registration_qc", passed=ok,
+                               severity=_WARN, metadata={"tre_mean_mm": tre_mean, "tre_max_mm": tre_max,
+                                                         "recurrence_dice_truth": dice})
 
 
 def dose_statistics_sane(stats: pl.DataFrame) -> dg.AssetCheckResult:

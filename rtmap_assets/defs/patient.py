@@ -22,6 +22,7 @@ from rtmap_assets.defs.checks import (
     classification_complete,
     dose_statistics_sane,
     ground_truth_check,
+    known_warp_check,
     registration_checks,
 )
 from rtmap_assets.defs.lake_io import read_upstream
@@ -165,8 +166,12 @@ def patient_registration(context: dg.AssetExecutionContext, paths: RtmapPaths, t
     else:
         out_dir = lake.patient_files(pid) / f"v-{version}-{context.run_id[:8]}"
         try:
-            result = run_imaging(rows, config, out_dir, truth=_load_truth(paths, config.trial, pid),
-                                 raw_root=paths.raw_root)
+            result = run_imaging(rows, config, out_dir, raw_root=paths.raw_root)
+            truth = _load_truth(paths, config.trial, pid)
+            if truth is not None:  # synthetic patient: TRE / recurrence Dice against the generator's truth
+                from rtmap_synth.evaluation import with_truth_metrics
+
+                result.registration_qc = with_truth_metrics(result.registration_qc, out_dir, truth)
         except Exception as err:  # noqa: BLE001 - every failure becomes a pipeline_issues row
             shutil.rmtree(out_dir, ignore_errors=True)
             raise _fail(lake, pid, "imaging", err, context) from err
@@ -210,6 +215,7 @@ def patient_registration(context: dg.AssetExecutionContext, paths: RtmapPaths, t
     )
     yield _issues_output("imaging_issues", issues.height)
     yield from registration_checks(q, config)
+    yield known_warp_check(q, has_truth=(paths.truth_root / config.trial / f"{pid}.json").exists())
 
 
 def _radius_inputs(context, lake: Lake, config: TrialConfig, pid: str) -> tuple[float | None, float | None]:

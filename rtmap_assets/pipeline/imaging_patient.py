@@ -33,8 +33,7 @@ from rtmap_assets.dicom.readers import RTStruct, contour_bounds_mm, rasterise, r
 from rtmap_assets.errors import PatientDataError
 from rtmap_assets.imaging import grid as wg
 from rtmap_assets.imaging.mapping import map_mask, mask_centroid_mm, mask_volume_cc
-from rtmap_assets.imaging.qc import body_points, ellipsoid_mask, erode_by_mm, jacobian_stats, landmark_distance_mm, \
-    overlap_metrics, target_registration_error
+from rtmap_assets.imaging.qc import jacobian_stats, landmark_distance_mm, overlap_metrics
 from rtmap_assets.imaging.registration import register
 from rtmap_assets.naming import first_match, match_aliases, matches
 from rtmap_assets.pipeline.volumes import PatientVolumes, StructureMask
@@ -43,8 +42,6 @@ log = logging.getLogger(__name__)
 STAGE = "imaging"
 # The configuration sections this stage reads: its data version hashes these and nothing else.
 CONFIG_SECTIONS = ("arms", "aliases", "grid_spacing_mm", "registration")
-TRE_POINTS = 200
-TRE_MARGIN_MM = 10.0
 
 REGISTRATION_QC_SCHEMA: dict[str, pl.DataType] = {
     "patient_id": pl.String(), "engine": pl.String(), "relapse_modality": pl.String(),
@@ -129,7 +126,7 @@ def _local_grid(contours: list[np.ndarray], spacing_mm: float, margin_mm: float)
     return wg.make_grid(lo - margin_mm, hi + margin_mm, spacing_mm)
 
 
-def run_imaging(manifest_rows: pl.DataFrame, config: TrialConfig, out_dir: Path, truth: dict | None = None, *,
+def run_imaging(manifest_rows: pl.DataFrame, config: TrialConfig, out_dir: Path, *,
                 raw_root: Path | None = None, engine: str | None = None, threads: int | None = None) -> ImagingResult:
     """The per-patient imaging step (see module docstring). `raw_root` resolves catalog-relative paths."""
     t_start = time.perf_counter()
@@ -251,32 +248,6 @@ def run_imaging(manifest_rows: pl.DataFrame, config: TrialConfig, out_dir: Path,
             continue
         m = overlap_metrics(mapped[name], plan_by_name[partner[0]].mask)
         structure_rows.append({"patient_id": patient_id, "structure": name, "planning_structure": partner[0], **m})
-    tre_mean = tre_max = rec_dice = rec_err = None
-    n_tre = None
-    if truth is not None:
-        from rtmap_assets.synth.warp import RelapseWarp
-
-        warp = RelapseWarp.from_dict(truth["warp"])
-        # TRE points: at least TRE_MARGIN_MM inside both body outlines (which end at the fields of view),
-        # i.e. anatomy both images show; near a field edge the B-spline is extrapolating.
-        rel_body = wg.body_mask(rel_image, threshold=None if is_mr else wg.BODY_THRESHOLD_HU)
-        q = body_points(rel_body, 5 * TRE_POINTS, np.random.default_rng(0), erode_mm=TRE_MARGIN_MM)
-        p = warp.relapse_to_planning(q)
-        inner = erode_by_mm(body, TRE_MARGIN_MM)
-        inner_arr = sitk.GetArrayViewFromImage(inner)
-        keep = []
-        for n, pt in enumerate(p):
-            idx = ref.TransformPhysicalPointToIndex(pt.tolist())
-            if all(0 <= idx[d] < ref.GetSize()[d] for d in range(3)) and inner_arr[idx[2], idx[1], idx[0]]:
-                keep.append(n)
-        q = q[keep[:TRE_POINTS]]
-        tre = target_registration_error(transform, q, warp)
-        tre_mean, tre_max, n_tre = float(tre.mean()), float(tre.max()), int(len(tre))
-        rec = truth["recurrence"]
-        radii = rec.get("radii_mm") or [rec["radius_mm"]] * 3
-        true_rec = ellipsoid_mask(rec["centroid_planning_mm"], radii, ref)
-        rec_dice = float(overlap_metrics(mapped[rec_name], true_rec)["dice"])
-        rec_err = float(np.linalg.norm(mask_centroid_mm(mapped[rec_name]) - np.asarray(rec["centroid_planning_mm"])))
     qc_s = time.perf_counter() - t
 
     # ---- write
@@ -296,8 +267,9 @@ def run_imaging(manifest_rows: pl.DataFrame, config: TrialConfig, out_dir: Path,
         "total_s": total_s, "stage_timings": ", ".join(f"{k}={v:.2f}" for k, v in result.timings.items()),
         "initial_translation_mm": list(result.initial_translation_mm), "final_metric": result.final_metric,
         "landmark_distance_mm": lm_distance, "jacobian_min": jac_min, "folding_fraction": folding,
-        "tre_mean_mm": tre_mean, "tre_max_mm": tre_max, "tre_points": n_tre,
-        "recurrence_dice_truth": rec_dice, "recurrence_centroid_error_mm": rec_err,
+        # ground-truth columns: filled only by the evaluation of synthetic patients (rtmap_synth.evaluation)
+        "tre_mean_mm": None, "tre_max_mm": None, "tre_points": None,
+        "recurrence_dice_truth": None, "recurrence_centroid_error_mm": None,
         "transform_path": str(tfm_path), "registered_image_path": str(reg_path),
     }
     mapped_rows = []

@@ -1,8 +1,12 @@
-"""Writing synthetic DICOM: image series (CT / MR), RTSTRUCT from voxel masks, RTDOSE.
+"""The one DICOM writer of rtmap: image series (CT / MR), RTSTRUCT, RTDOSE - for the synthetic generator
+and for the tests' small hand-made exports (rtmap_assets_tests/dicom_factory.py builds on it).
 
-Only what real readers (pydicom, SimpleITK/GDCM, scikit-rt) need, with identity orientation.
-UIDs are derived deterministically from the patient seed (pydicom's `generate_uid` with entropy
-sources), so the same seed gives the same UIDs.
+Only what real readers (pydicom, SimpleITK/GDCM, scikit-rt) need. Geometry is given as a `Grid` in
+patient LPS mm (axis-aligned, increasing); the patient position (HFS, HFP, FFS, FFP) decides how a
+scanner would lay that grid out in the file: the row/column direction cosines, the first pixel's
+corner and the slice order along the slice normal. Anatomy (and contours, which are in patient
+coordinates) stays where it is. UIDs are derived deterministically from text keys (pydicom's
+`generate_uid` with entropy sources), so the same seed gives the same UIDs.
 """
 
 from __future__ import annotations
@@ -19,12 +23,13 @@ from pydicom.tag import Tag
 from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
 from skimage.measure import find_contours
 
-from rtmap_assets.synth.phantom import Grid
+from rtmap_synth.phantom import Grid
 
 CT_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 MR_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
 RTSTRUCT_STORAGE = "1.2.840.10008.5.1.4.1.1.481.3"
 RTDOSE_STORAGE = "1.2.840.10008.5.1.4.1.1.481.2"
+RTPLAN_STORAGE = "1.2.840.10008.5.1.4.1.1.481.5"
 _CONTOUR_DATA = Tag(0x3006, 0x0050)
 STUDY_COMPONENT_MANAGEMENT = "1.2.840.10008.3.1.2.3.1"  # referenced "SOP class" of a study in RTSTRUCT
 
@@ -73,7 +78,59 @@ def _ds(v: float) -> str:
     return "0" if s == "-0" else s
 
 
-def _new_dataset(sop_class: str, sop_uid: str, modality: str, patient: PatientTags, study: StudyInfo,
+# Row and column direction cosines a scanner writes for each patient position (DICOM C.7.6.2.1.1):
+# supine: rows run to the patient's left (+x) head first, to the right (-x) feet first; prone flips
+# both in-plane axes against supine. The slice normal is row x column.
+PATIENT_POSITIONS: dict[str, tuple[tuple[int, int, int], tuple[int, int, int]]] = {
+    "HFS": ((1, 0, 0), (0, 1, 0)),
+    "HFP": ((-1, 0, 0), (0, -1, 0)),
+    "FFS": ((-1, 0, 0), (0, 1, 0)),
+    "FFP": ((1, 0, 0), (0, -1, 0)),
+}
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How a logical (x, y, z increasing) grid is stored for a patient position."""
+
+    position: str = "HFS"
+
+    def __post_init__(self) -> None:
+        if self.position not in PATIENT_POSITIONS:
+            raise ValueError(f"patient position must be one of {sorted(PATIENT_POSITIONS)}, got {self.position!r}")
+
+    @property
+    def row(self) -> tuple[int, int, int]:
+        return PATIENT_POSITIONS[self.position][0]
+
+    @property
+    def col(self) -> tuple[int, int, int]:
+        return PATIENT_POSITIONS[self.position][1]
+
+    @property
+    def normal(self) -> tuple[int, int, int]:
+        return tuple(int(v) for v in np.cross(self.row, self.col))  # type: ignore[return-value]
+
+    @property
+    def iop(self) -> list[str]:
+        return [str(v) for v in (*self.row, *self.col)]
+
+    def stored_slice(self, k: int, nz: int) -> int:
+        """Index along the slice normal (file order) of logical slice k."""
+        return nz - 1 - k if self.normal[2] < 0 else k
+
+    def pixels(self, logical: np.ndarray) -> np.ndarray:
+        """(..., ny, nx) logical array -> stored rows/columns."""
+        out = logical[..., ::-1, :] if self.col[1] < 0 else logical
+        return out[..., :, ::-1] if self.row[0] < 0 else out
+
+    def corner_xy(self, grid: Grid) -> tuple[float, float]:
+        """Patient x, y of the first stored pixel (row 0, column 0)."""
+        x, y, _ = grid.axes()
+        return float(x[-1] if self.row[0] < 0 else x[0]), float(y[-1] if self.col[1] < 0 else y[0])
+
+
+def new_dataset(sop_class: str, sop_uid: str, modality: str, patient: PatientTags, study: StudyInfo,
                  series_uid: str, series_number: int, series_description: str) -> FileDataset:
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = sop_class
@@ -111,29 +168,35 @@ def _new_dataset(sop_class: str, sop_uid: str, modality: str, patient: PatientTa
 
 
 class ImageSeriesWriter:
-    """Writes one axial image series slice by slice (so callers can generate slab by slab)."""
+    """Writes one axial image series slice by slice (so callers can generate slab by slab).
+
+    Slices are addressed by their logical index k (increasing z); `position` lays them out as a scanner
+    would for that patient position. `grid.slice_z_mm` (if set) gives irregular slice positions.
+    """
 
     def __init__(self, grid: Grid, modality: str, patient: PatientTags, study: StudyInfo, *,
-                 series_number: int, description: str, uid_seed: str):
+                 series_number: int, description: str, uid_seed: str, position: str = "HFS"):
         self.grid, self.modality, self.patient, self.study = grid, modality, patient, study
         self.series_number, self.description = series_number, description
+        self.layout = Layout(position)
         self.sop_class = CT_STORAGE if modality == "CT" else MR_STORAGE
         self.ref = SeriesRef(uid(uid_seed, "series"), self.sop_class,
                              [uid(uid_seed, "slice", k) for k in range(grid.shape[2])])
 
     def dataset(self, k: int, pixels: np.ndarray) -> FileDataset:
-        """pixels: (ny, nx) stored values - int16 (CT, HU + 1024) or uint16 (MR)."""
-        g = self.grid
-        ds = _new_dataset(self.sop_class, self.ref.sop_uids[k], self.modality, self.patient, self.study,
-                          self.ref.series_uid, self.series_number, self.description)
+        """pixels: logical (ny, nx) stored values - int16 (CT, HU + 1024) or uint16 (MR)."""
+        g, lay = self.grid, self.layout
+        ds = new_dataset(self.sop_class, self.ref.sop_uids[k], self.modality, self.patient, self.study,
+                         self.ref.series_uid, self.series_number, self.description)
         ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
         ds.FrameOfReferenceUID = self.study.frame_of_reference_uid
         ds.PositionReferenceIndicator = ""
-        ds.PatientPosition = "HFS"
-        ds.InstanceNumber = k + 1
-        z = g.origin[2] + k * g.spacing[2]
-        ds.ImagePositionPatient = [_ds(g.origin[0]), _ds(g.origin[1]), _ds(z)]
-        ds.ImageOrientationPatient = ["1", "0", "0", "0", "1", "0"]
+        ds.PatientPosition = lay.position
+        ds.InstanceNumber = lay.stored_slice(k, g.shape[2]) + 1
+        z = g.z_at(k)
+        x0, y0 = lay.corner_xy(g)
+        ds.ImagePositionPatient = [_ds(x0), _ds(y0), _ds(z)]
+        ds.ImageOrientationPatient = lay.iop
         ds.SliceLocation = _ds(z)
         ds.SliceThickness = _ds(g.spacing[2])
         ds.PixelSpacing = [_ds(g.spacing[1]), _ds(g.spacing[0])]  # row spacing (y), column spacing (x)
@@ -150,7 +213,7 @@ class ImageSeriesWriter:
             ds.RescaleType = "HU"
             ds.KVP = "120"
             ds.WindowCenter, ds.WindowWidth = "40", "400"
-            arr = np.ascontiguousarray(pixels, dtype="<i2")
+            arr = np.ascontiguousarray(lay.pixels(pixels), dtype="<i2")
         else:
             ds.PixelRepresentation = 0
             ds.ScanningSequence = "SE"
@@ -161,7 +224,7 @@ class ImageSeriesWriter:
             ds.EchoTime = "15"
             ds.MagneticFieldStrength = "1.5"
             ds.WindowCenter, ds.WindowWidth = "500", "1000"
-            arr = np.ascontiguousarray(pixels, dtype="<u2")
+            arr = np.ascontiguousarray(lay.pixels(pixels), dtype="<u2")
         ds.PixelData = arr.tobytes()
         return ds
 
@@ -204,7 +267,7 @@ class ContourCollector:
                 r0, c0 = rows[0], cols[0]
                 crop = sl[r0:rows[-1] + 1, c0:cols[-1] + 1]
                 k = k0 + dk
-                z = g.origin[2] + k * g.spacing[2]
+                z = g.z_at(k)
                 for c in mask_contours(crop):
                     xmm = g.origin[0] + (c[:, 1] + c0 + i0) * g.spacing[0]
                     ymm = g.origin[1] + (c[:, 0] + r0 + j0) * g.spacing[1]
@@ -219,9 +282,16 @@ class RoiSpec:
     colour: tuple[int, int, int]
 
 
-def rtstruct_dataset(rois: list[RoiSpec], contours: dict[str, list[tuple[int, np.ndarray]]], image: SeriesRef,
-                     patient: PatientTags, study: StudyInfo, *, uid_seed: str, label: str) -> FileDataset:
-    ds = _new_dataset(RTSTRUCT_STORAGE, uid(uid_seed, "rtstruct"), "RTSTRUCT", patient, study,
+def rtstruct_dataset(rois: list[RoiSpec], contours: dict[str, list[tuple[int, np.ndarray]]],
+                     image: SeriesRef | None, patient: PatientTags, study: StudyInfo, *, uid_seed: str, label: str,
+                     reference_series: bool = True) -> FileDataset:
+    """An RTSTRUCT: contours[key] = [(slice index k in `image`, (n, 3) points mm), ...] per RoiSpec.key.
+
+    `reference_series=False` (or no `image`) leaves out the RTReferencedStudySequence, so the structure set
+    points at its image only through the frame of reference (as some exports do); without `image` the
+    contours reference no image slice either.
+    """
+    ds = new_dataset(RTSTRUCT_STORAGE, uid(uid_seed, "rtstruct"), "RTSTRUCT", patient, study,
                       uid(uid_seed, "rtstruct-series"), 900, label)
     ds.StructureSetLabel = label
     ds.StructureSetName = label
@@ -235,16 +305,17 @@ def rtstruct_dataset(rois: list[RoiSpec], contours: dict[str, list[tuple[int, np
         ci.ReferencedSOPInstanceUID = image.sop_uids[k]
         return ci
 
-    rser = Dataset()
-    rser.SeriesInstanceUID = image.series_uid
-    rser.ContourImageSequence = Sequence([contour_image(k) for k in range(len(image.sop_uids))])
-    rstudy = Dataset()
-    rstudy.ReferencedSOPClassUID = STUDY_COMPONENT_MANAGEMENT
-    rstudy.ReferencedSOPInstanceUID = study.study_uid
-    rstudy.RTReferencedSeriesSequence = Sequence([rser])
     rfor = Dataset()
     rfor.FrameOfReferenceUID = study.frame_of_reference_uid
-    rfor.RTReferencedStudySequence = Sequence([rstudy])
+    if image is not None and reference_series:
+        rser = Dataset()
+        rser.SeriesInstanceUID = image.series_uid
+        rser.ContourImageSequence = Sequence([contour_image(k) for k in range(len(image.sop_uids))])
+        rstudy = Dataset()
+        rstudy.ReferencedSOPClassUID = STUDY_COMPONENT_MANAGEMENT
+        rstudy.ReferencedSOPInstanceUID = study.study_uid
+        rstudy.RTReferencedSeriesSequence = Sequence([rser])
+        rfor.RTReferencedStudySequence = Sequence([rstudy])
     ds.ReferencedFrameOfReferenceSequence = Sequence([rfor])
 
     ssroi, roic, obs = [], [], []
@@ -261,7 +332,8 @@ def rtstruct_dataset(rois: list[RoiSpec], contours: dict[str, list[tuple[int, np
         seq = []
         for k, pts in contours.get(roi.key, []):
             item = Dataset()
-            item.ContourImageSequence = Sequence([contour_image(k)])
+            if image is not None:
+                item.ContourImageSequence = Sequence([contour_image(k)])
             item.ContourGeometricType = "CLOSED_PLANAR"
             # Written raw: pydicom's per-value DS validation dominates the run time otherwise.
             text = "\\".join(_fmt(v) for v in pts.ravel()).encode("ascii")
@@ -288,21 +360,39 @@ def rtstruct_dataset(rois: list[RoiSpec], contours: dict[str, list[tuple[int, np
     return ds
 
 
+def _ref(sop_class: str, sop_uid: str) -> Dataset:
+    d = Dataset()
+    d.ReferencedSOPClassUID = sop_class
+    d.ReferencedSOPInstanceUID = sop_uid
+    return d
+
+
 def rtdose_dataset(dose_stored: np.ndarray, scaling: str, grid: Grid, patient: PatientTags, study: StudyInfo,
-                   *, uid_seed: str) -> FileDataset:
-    """dose_stored: (nz, ny, nx) uint32; physical dose = stored * float(scaling) Gy."""
-    ds = _new_dataset(RTDOSE_STORAGE, uid(uid_seed, "rtdose"), "RTDOSE", patient, study,
-                      uid(uid_seed, "rtdose-series"), 901, "Planned dose")
+                   *, uid_seed: str, position: str = "HFS", summation: str = "PLAN",
+                   description: str = "Planned dose", series_number: int = 901,
+                   referenced_plan_uid: str | None = None, referenced_beam_number: int | None = None,
+                   referenced_rtstruct_uid: str | None = None) -> FileDataset:
+    """dose_stored: logical (nz, ny, nx) uint32; physical dose = stored * float(scaling) Gy.
+
+    Frames follow the slice normal of `position` (GridFrameOffsetVector relative to the first frame,
+    increasing along the normal). `referenced_beam_number` adds the plan's fraction group 1 / beam
+    reference a per-beam (DoseSummationType BEAM) dose carries.
+    """
+    lay = Layout(position)
+    ds = new_dataset(RTDOSE_STORAGE, uid(uid_seed, "rtdose"), "RTDOSE", patient, study,
+                     uid(uid_seed, "rtdose-series"), series_number, description)
     ds.FrameOfReferenceUID = study.frame_of_reference_uid
     ds.PositionReferenceIndicator = ""
     ds.InstanceNumber = 1
-    ds.ImagePositionPatient = [_ds(v) for v in grid.origin]
-    ds.ImageOrientationPatient = ["1", "0", "0", "0", "1", "0"]
+    nz = int(grid.shape[2])
+    x0, y0 = lay.corner_xy(grid)
+    ds.ImagePositionPatient = [_ds(x0), _ds(y0), _ds(grid.z_at(lay.stored_slice(0, nz)))]
+    ds.ImageOrientationPatient = lay.iop
     ds.PixelSpacing = [_ds(grid.spacing[1]), _ds(grid.spacing[0])]
     ds.SliceThickness = _ds(grid.spacing[2])
-    ds.NumberOfFrames = int(grid.shape[2])
+    ds.NumberOfFrames = nz
     ds.FrameIncrementPointer = pydicom.tag.Tag(0x3004, 0x000C)
-    ds.GridFrameOffsetVector = [_ds(k * grid.spacing[2]) for k in range(grid.shape[2])]
+    ds.GridFrameOffsetVector = [_ds(k * grid.spacing[2]) for k in range(nz)]
     ds.Rows, ds.Columns = int(grid.shape[1]), int(grid.shape[0])
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME2"
@@ -312,13 +402,37 @@ def rtdose_dataset(dose_stored: np.ndarray, scaling: str, grid: Grid, patient: P
     ds.PixelRepresentation = 0
     ds.DoseUnits = "GY"
     ds.DoseType = "PHYSICAL"
-    ds.DoseSummationType = "PLAN"
+    ds.DoseSummationType = summation
     ds.DoseGridScaling = scaling
     ds.TissueHeterogeneityCorrection = "IMAGE"
-    ds.PixelData = np.ascontiguousarray(dose_stored, dtype="<u4").tobytes()
+    if referenced_plan_uid:
+        plan = _ref(RTPLAN_STORAGE, referenced_plan_uid)
+        if referenced_beam_number is not None:
+            beam = Dataset()
+            beam.ReferencedBeamNumber = int(referenced_beam_number)
+            fg = Dataset()
+            fg.ReferencedFractionGroupNumber = 1
+            fg.ReferencedBeamSequence = Sequence([beam])
+            plan.ReferencedFractionGroupSequence = Sequence([fg])
+        ds.ReferencedRTPlanSequence = Sequence([plan])
+    if referenced_rtstruct_uid:
+        ds.ReferencedStructureSetSequence = Sequence([_ref(RTSTRUCT_STORAGE, referenced_rtstruct_uid)])
+    stored = dose_stored[::-1] if lay.normal[2] < 0 else dose_stored
+    ds.PixelData = np.ascontiguousarray(lay.pixels(stored), dtype="<u4").tobytes()
     return ds
 
 
-def save(ds: FileDataset, path: Path) -> None:
+def undefined_lengths(ds: Dataset) -> None:
+    """Mark every sequence and item as undefined length (delimiter-terminated), as many vendors write."""
+    for elem in ds:
+        if elem.VR == "SQ":
+            elem.is_undefined_length = True
+            for item in elem.value:
+                item.is_undefined_length_sequence_item = True
+                undefined_lengths(item)
+
+
+def save(ds: FileDataset, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     ds.save_as(str(path), write_like_original=False)
+    return path

@@ -27,11 +27,22 @@ class Grid:
     """Axis-aligned image grid (identity direction). shape/spacing/origin in (x, y, z) order."""
 
     shape: tuple[int, int, int]
-    spacing: tuple[float, float, float]
+    spacing: tuple[float, float, float]  # z: the nominal slice spacing when slice_z_mm is given
     origin: tuple[float, float, float]
+    # Actual slice positions (mm, increasing) of an irregular / jittered series; None = regular lattice.
+    slice_z_mm: tuple[float, ...] | None = None
 
     def axes(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        return tuple(self.origin[i] + self.spacing[i] * np.arange(self.shape[i]) for i in range(3))  # type: ignore[return-value]
+        x, y, z = (self.origin[i] + self.spacing[i] * np.arange(self.shape[i]) for i in range(3))
+        if self.slice_z_mm is not None:
+            z = np.asarray(self.slice_z_mm, float)
+        return x, y, z
+
+    def z_at(self, k: int) -> float:
+        """Position (mm) of slice k."""
+        if self.slice_z_mm is not None:
+            return float(self.slice_z_mm[k])
+        return float(self.origin[2] + k * self.spacing[2])
 
     def broadcast_axes(self, k0: int = 0, k1: int | None = None):
         """x (1,1,nx), y (1,ny,1), z (nk,1,1) for slices k0:k1 - arrays in (z, y, x) order."""
@@ -54,12 +65,16 @@ class Grid:
         return (np.asarray(pts, float) - np.asarray(self.origin)) / np.asarray(self.spacing)
 
     def to_dict(self) -> dict:
-        return {"shape": list(self.shape), "spacing": list(self.spacing), "origin": list(self.origin)}
+        d = {"shape": list(self.shape), "spacing": list(self.spacing), "origin": list(self.origin)}
+        if self.slice_z_mm is not None:
+            d["slice_z_mm"] = list(self.slice_z_mm)
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "Grid":
+        z = d.get("slice_z_mm")
         return cls(tuple(int(v) for v in d["shape"]), tuple(float(v) for v in d["spacing"]),
-                   tuple(float(v) for v in d["origin"]))
+                   tuple(float(v) for v in d["origin"]), None if z is None else tuple(float(v) for v in z))
 
 
 def _ellipse_distance(u: np.ndarray, v: np.ndarray, ru, rv, w=None, rw=None) -> np.ndarray:

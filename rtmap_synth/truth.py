@@ -17,8 +17,8 @@ import numpy as np
 from scipy.ndimage import map_coordinates
 
 from rtmap_assets.config import LEVELS, Thresholds
-from rtmap_assets.synth.phantom import Grid, Phantom
-from rtmap_assets.synth.warp import RelapseWarp
+from rtmap_synth.phantom import Grid, Phantom
+from rtmap_synth.warp import RelapseWarp
 
 log = logging.getLogger(__name__)
 
