@@ -11,7 +11,8 @@ class PatientDataError(Exception):
     """Explained problem with one patient's input, e.g. a missing RTDOSE or an empty recurrence."""
 
     def __init__(self, code: str, message: str, *, stage: str = "", file: str | None = None):
-        code = code.upper()  # one spelling for every stage, e.g. NO_RTDOSE, EMPTY_RECURRENCE
+        # One spelling for every stage (listed with meanings in rtmap_assets.issue_codes.IssueCode).
+        code = str(code).upper()
         super().__init__(f"[{code}] {message}")
         self.code = code
         self.message = message

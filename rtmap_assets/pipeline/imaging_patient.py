@@ -31,6 +31,7 @@ from rtmap_assets.config import TrialConfig
 from rtmap_assets.dicom.dose_sum import read_plan_dose
 from rtmap_assets.dicom.readers import RTStruct, contour_bounds_mm, rasterise, read_image_series, read_rtstruct
 from rtmap_assets.errors import PatientDataError
+from rtmap_assets.issue_codes import IssueCode
 from rtmap_assets.imaging import grid as wg
 from rtmap_assets.imaging.mapping import map_mask, mask_centroid_mm, mask_volume_cc
 from rtmap_assets.imaging.qc import jacobian_stats, landmark_distance_mm, overlap_metrics
@@ -101,23 +102,23 @@ def planning_role(name: str, config: TrialConfig) -> tuple[str, str | None]:
     return "other", None
 
 
-def _one(names: list[str], aliases: list[str], what: str, code: str, file: str) -> tuple[str, str]:
+def _one(names: list[str], aliases: list[str], what: str, missing: IssueCode, ambiguous: IssueCode,
+         file: str) -> tuple[str, str]:
     found = match_aliases(names, aliases)
     if not found:
-        raise PatientDataError(f"{code}_missing", f"no {what} structure matching {aliases} among {names}",
-                               stage=STAGE, file=file)
+        raise PatientDataError(missing, f"no {what} structure matching {aliases} among {names}", stage=STAGE, file=file)
     if len(found) > 1:
-        raise PatientDataError(f"{code}_ambiguous", f"several {what} structures match: {found}", stage=STAGE, file=file)
+        raise PatientDataError(ambiguous, f"several {what} structures match: {found}", stage=STAGE, file=file)
     return found[0]
 
 
-def refuse_empty_match(rs: RTStruct, aliases: list[str], what: str, code: str, file: str) -> None:
-    """`{CODE}_EMPTY` naming the structure when the only structures matching `aliases` have no contour
-    (an empty ROI is not a missing one: the user must redraw it, not rename it)."""
+def refuse_empty_match(rs: RTStruct, aliases: list[str], what: str, code: IssueCode, file: str) -> None:
+    """`code` (e.g. RECURRENCE_EMPTY) naming the structure when the only structures matching `aliases` have
+    no contour (an empty ROI is not a missing one: the user must redraw it, not rename it)."""
     found = match_aliases(rs.names, aliases)
     if found and not any(rs.contours[n] for n, _ in found):
         names = ", ".join(f"{n!r} (alias {a})" for n, a in found)
-        raise PatientDataError(f"{code}_EMPTY", f"{what} structure {names} has no contour in the RTSTRUCT",
+        raise PatientDataError(code, f"{what} structure {names} has no contour in the RTSTRUCT",
                                stage=STAGE, file=file)
 
 
@@ -168,7 +169,7 @@ def run_imaging(manifest_rows: pl.DataFrame, config: TrialConfig, out_dir: Path,
                                         mask=rasterise(plan_rs, name, ref), matched_alias=alias))
     plan_landmarks = [s for s in structures if s.role == "landmark"]
     if len(plan_landmarks) != 1:
-        raise PatientDataError("landmark_missing" if not plan_landmarks else "landmark_ambiguous",
+        raise PatientDataError(IssueCode.LANDMARK_MISSING if not plan_landmarks else IssueCode.LANDMARK_AMBIGUOUS,
                                f"planning RTSTRUCT has {len(plan_landmarks)} landmark structures matching "
                                f"{al.landmark}", stage=STAGE, file=plan_rs_file)
     plan_lm_centroid = mask_centroid_mm(plan_landmarks[0].mask)
@@ -195,9 +196,11 @@ def run_imaging(manifest_rows: pl.DataFrame, config: TrialConfig, out_dir: Path,
     del relapse
 
     rel_names = [n for n in rel_rs.names if rel_rs.contours[n]]
-    refuse_empty_match(rel_rs, al.recurrence, "recurrence", "RECURRENCE", rel_rs_file)
-    rec_name, rec_alias = _one(rel_names, al.recurrence, "recurrence", "recurrence", rel_rs_file)
-    lm_name, lm_alias = _one(rel_names, al.landmark, "landmark", "landmark", rel_rs_file)
+    refuse_empty_match(rel_rs, al.recurrence, "recurrence", IssueCode.RECURRENCE_EMPTY, rel_rs_file)
+    rec_name, rec_alias = _one(rel_names, al.recurrence, "recurrence", IssueCode.RECURRENCE_MISSING,
+                               IssueCode.RECURRENCE_AMBIGUOUS, rel_rs_file)
+    lm_name, lm_alias = _one(rel_names, al.landmark, "landmark", IssueCode.LANDMARK_MISSING,
+                             IssueCode.LANDMARK_AMBIGUOUS, rel_rs_file)
     comparison = [(n, a) for n, a in match_aliases(rel_names, al.comparison) if n not in (rec_name, lm_name)]
     fine = spacing / 2.0
     rel_masks: dict[str, sitk.Image] = {}
