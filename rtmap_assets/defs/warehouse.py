@@ -42,6 +42,7 @@ def dbt_vars(paths: RtmapPaths) -> list[str]:
 
 
 DBT_RUNS_KEPT = 10
+PARTIAL_PARSE = "partial_parse.msgpack"  # dbt's parse cache, valid while the project and --vars are unchanged
 
 
 def dbt_run_target(paths: RtmapPaths, run_id: str) -> Path:
@@ -49,13 +50,20 @@ def dbt_run_target(paths: RtmapPaths, run_id: str) -> Path:
 
     dagster-dbt's default is a new folder per run inside the dbt project (~2.4 MB each), which grows
     without bound under a nightly schedule and sits in the source tree rather than with the data.
+    The newest run's `partial_parse.msgpack` is copied in, so dbt re-parses only what changed in the
+    project instead of the whole project on every run.
     """
     runs = paths.root / "logs" / "dbt"
     runs.mkdir(parents=True, exist_ok=True)
     old = sorted((p for p in runs.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime)
     for stale in old[: max(len(old) - (DBT_RUNS_KEPT - 1), 0)]:
         shutil.rmtree(stale, ignore_errors=True)
-    return runs / run_id
+    target = runs / run_id
+    previous = [p / PARTIAL_PARSE for p in reversed(old) if (p / PARTIAL_PARSE).exists()]
+    if previous and not (target / PARTIAL_PARSE).exists():
+        target.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(previous[0], target / PARTIAL_PARSE)
+    return target
 
 
 @dbt_assets(manifest=dbt_project.manifest_path, dagster_dbt_translator=LakeTranslator(), name="warehouse_models")
