@@ -318,3 +318,45 @@ def test_register_leaves_the_global_thread_count_as_it_found_it():
         assert result.initial_translation_mm == (2.0, -1.0, 1.0)
     finally:
         sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(previous)
+
+
+@pytest.mark.slow  # itk-elastix import + a (shortened) elastix registration: 30-150 s here
+def test_elastix_engine_transform_is_right_outside_the_working_grid(monkeypatch):
+    pytest.importorskip("itk")
+    from rtmap_assets.imaging import grid as wg
+    from rtmap_assets.imaging.registration import elastix_engine
+    from rtmap_assets_tests.test_imaging_registration import body_pts, moving_from, phantom, rigid
+
+    full = elastix_engine.elastix_parameter_maps
+
+    def quick(bspline_grid_mm: float = 30.0) -> list[dict[str, list[str]]]:
+        maps = full(bspline_grid_mm)
+        for m in maps:
+            m.update(NumberOfResolutions=["2"], MaximumNumberOfIterations=["80"])
+        maps[2]["GridSpacingSchedule"] = ["2", "1"]
+        return maps
+
+    monkeypatch.setattr(elastix_engine, "elastix_parameter_maps", quick)
+    fixed = phantom()
+    truth = rigid(angles_deg=(0.0, 0.0, 3.0), translation=(5.0, -3.0, 4.0))
+    landmark = np.array([0.0, -12.0, 0.0])
+    moving_landmark = np.asarray(truth.TransformPoint(landmark.tolist())) + np.array([1.5, 0.0, -1.0])  # off by 1.8 mm
+    result = register(fixed, moving_from(fixed, truth), fixed_landmark_mm=landmark, moving_landmark_mm=moving_landmark,
+                      engine="elastix", fixed_mask=wg.body_mask(fixed), threads=2)
+    transform = result.transform
+    assert isinstance(transform, sitk.CompositeTransform) and transform.GetNumberOfTransforms() == 4
+    t0 = np.asarray(result.initial_translation_mm)
+    assert np.asarray(transform.GetNthTransform(0).GetParameters()) == pytest.approx(t0)
+    # inside the body: close to the truth
+    pts = body_pts(fixed)
+    err = np.linalg.norm(_transform(transform, pts) - _transform(truth, pts), axis=1)
+    assert err.mean() < 1.0, err.mean()
+    # far outside the working grid: the landmark shift and the rigid stages (translation, Euler), not identity
+    far = np.array([[300.0, 0.0, 0.0], [0.0, -250.0, 120.0]])
+    linear = far.copy()
+    for k in (3, 2):  # translation stage, then Euler stage (CompositeTransform lists them last-applied first)
+        linear = _transform(transform.GetNthTransform(k), linear)
+    assert _transform(transform, far) == pytest.approx(linear + t0, abs=1e-9)
+    # ... which is the truth up to the registration error (a 300 mm lever arm on the rotation)
+    assert np.linalg.norm(_transform(transform, far) - _transform(truth, far), axis=1).max() < 5.0
+    assert np.linalg.norm(_transform(transform, far) - far, axis=1).min() > 5.0
