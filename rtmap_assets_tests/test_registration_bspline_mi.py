@@ -305,10 +305,11 @@ def test_sitk_threads_restores_the_global_default_also_on_error():
 
 
 def test_register_leaves_the_global_thread_count_as_it_found_it():
-    grid = _image((20, 20, 20), (2.0, 2.0, 2.0), (-19.0, -19.0, -19.0))
+    grid = _image((16, 16, 16), (2.0, 2.0, 2.0), (-15.0, -15.0, -15.0))
     fixed, moving = _blobs(grid), _blobs(grid, shift_mm=(2.0, -1.0, 1.0))
-    quick = SitkSettings(translation_iterations=5, rigid_iterations=5, rigid_samples=2000,
-                         bspline_level_samples=(1000, 1000), bspline_iterations=(3, 3), bspline_moving_margin_mm=2.0)
+    quick = SitkSettings(translation_iterations=3, rigid_shrink=(2,), rigid_smooth_mm=(1.0,), rigid_iterations=3,
+                         rigid_samples=1000, bspline_grid_factors=(1,), bspline_smooth_mm=(0.0,),
+                         bspline_level_samples=(1000,), bspline_iterations=(3,), bspline_moving_margin_mm=2.0)
     previous = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(previous + 1)
     try:
