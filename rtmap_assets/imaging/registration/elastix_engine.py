@@ -11,6 +11,8 @@ grid to itself, landmark shift included) but the composite of elastix's own tran
     p -> B(E(T(p))) + t0        (elastix's "Compose": each stage acts on its initial transform's output)
 
 so points outside the grid map by the translation/rigid part (and the B-spline where its grid reaches).
+Checked against transformix's deformation field (float32) to 5e-7 mm; the one difference is a point lying
+exactly on the upper edge of the B-spline's valid region, which ITK still deforms and elastix does not.
 """
 
 from __future__ import annotations
