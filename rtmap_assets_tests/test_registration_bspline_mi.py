@@ -260,8 +260,9 @@ def test_elastix_transform_parameter_files_are_followed_back_through_their_initi
 
 
 @pytest.mark.slow  # itk-elastix's import alone takes 10-70 s here
-def test_converted_elastix_chain_equals_transformix_deformation_field():
+def test_converted_elastix_chain_equals_transformix_deformation_field(tmp_path: Path, monkeypatch):
     itk = pytest.importorskip("itk")
+    monkeypatch.chdir(tmp_path)  # transformix writes deformationField.* into the working directory
     image = _image((12, 10, 8), (3.0, 2.5, 4.0), (-10.0, -5.0, -7.3), _rotation(15.0, -20.0))
     maps = elastix_maps(image, _rotation(10.0, 20.0))
     pobj = itk.ParameterObject.New()
