@@ -4,6 +4,7 @@ Small synthetic images, no DICOM."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -322,13 +323,17 @@ def test_register_leaves_the_global_thread_count_as_it_found_it():
         sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(previous)
 
 
-@pytest.mark.slow  # itk-elastix import + a (shortened) elastix registration: 30-150 s here
-def test_elastix_engine_transform_is_right_outside_the_working_grid(monkeypatch):
-    pytest.importorskip("itk")
+@pytest.mark.slow  # itk-elastix import / elastix CLI + a (shortened) elastix registration: 15-150 s here
+@pytest.mark.parametrize("engine", ["elastix", "skrt"])
+def test_elastix_engines_transform_is_right_outside_the_working_grid(engine, monkeypatch):
     from rtmap_assets.imaging import grid as wg
-    from rtmap_assets.imaging.registration import elastix_engine
+    from rtmap_assets.imaging.registration import elastix_engine, skrt_engine
     from rtmap_assets_tests.test_imaging_registration import body_pts, moving_from, phantom, rigid
 
+    if engine == "elastix":
+        pytest.importorskip("itk")
+    elif shutil.which("elastix") is None:
+        pytest.skip("the skrt engine needs Debian's elastix command-line program (RTMAP_SYSTEM_PACKAGES=1)")
     full = elastix_engine.elastix_parameter_maps
 
     def quick(bspline_grid_mm: float = 30.0) -> list[dict[str, list[str]]]:
@@ -339,12 +344,13 @@ def test_elastix_engine_transform_is_right_outside_the_working_grid(monkeypatch)
         return maps
 
     monkeypatch.setattr(elastix_engine, "elastix_parameter_maps", quick)
+    monkeypatch.setattr(skrt_engine, "elastix_parameter_maps", quick)
     fixed = phantom()
     truth = rigid(angles_deg=(0.0, 0.0, 3.0), translation=(5.0, -3.0, 4.0))
     landmark = np.array([0.0, -12.0, 0.0])
     moving_landmark = np.asarray(truth.TransformPoint(landmark.tolist())) + np.array([1.5, 0.0, -1.0])  # off by 1.8 mm
     result = register(fixed, moving_from(fixed, truth), fixed_landmark_mm=landmark, moving_landmark_mm=moving_landmark,
-                      engine="elastix", fixed_mask=wg.body_mask(fixed), threads=2)
+                      engine=engine, fixed_mask=wg.body_mask(fixed), threads=2)
     transform = result.transform
     assert isinstance(transform, sitk.CompositeTransform) and transform.GetNumberOfTransforms() == 4
     t0 = np.asarray(result.initial_translation_mm)
