@@ -31,6 +31,7 @@ def patient(tmp_path_factory) -> tuple[Path, pl.DataFrame, dict]:
     return root / "raw", manifest.filter(pl.col("patient_id") == "P001"), truth
 
 
+@pytest.mark.slow  # generates a patient (module fixture) and registers it
 def test_run_imaging_matches_ground_truth(patient, tmp_path):
     raw_root, rows, truth = patient
     config = load_trial_config()
@@ -67,6 +68,7 @@ def test_run_imaging_matches_ground_truth(patient, tmp_path):
     assert len(loaded.find("recurrence", "mapped")) == 1 and len(loaded.find("ctv", "planning")) == 3
 
 
+@pytest.mark.slow  # shares the generated patient (~10 s fixture)
 def test_missing_recurrence_is_an_explained_error(patient, tmp_path):
     raw_root, rows, _ = patient
     config = load_trial_config()

@@ -79,6 +79,7 @@ def _register(fixed, moving, truth, landmark=(0.0, -12.0, 0.0)):
                     fixed_mask=wg.body_mask(fixed), threads=2)
 
 
+@pytest.mark.slow
 def test_known_rotation_and_translation_recovered_within_one_voxel(fixed):
     truth = rigid()
     result = _register(fixed, moving_from(fixed, truth), truth)
@@ -89,6 +90,7 @@ def test_known_rotation_and_translation_recovered_within_one_voxel(fixed):
     assert {"translation_s", "rigid_s", "bspline_s"} <= set(result.timings)
 
 
+@pytest.mark.slow
 def test_mr_like_inverted_contrast_registers_with_mutual_information(fixed):
     truth = rigid(angles_deg=(0.0, 0.0, 3.0), translation=(-4.0, 6.0, -2.0))
     ct_moving = moving_from(fixed, truth)
@@ -119,6 +121,7 @@ def test_mask_shifted_by_known_amount_maps_back_to_planning_position():
     assert np.linalg.norm(mask_centroid_mm(wrong) - planning_centre) == pytest.approx(2 * np.linalg.norm(d), abs=0.5)
 
 
+@pytest.mark.slow
 def test_registered_transform_maps_masks_and_points_consistently(fixed):
     truth = rigid(angles_deg=(0, 0, 2.0), translation=(4.0, 2.0, -6.0))
     result = _register(fixed, moving_from(fixed, truth), truth)
@@ -144,6 +147,7 @@ def test_sparse_bspline_weights_match_simpleitk():
     assert u == pytest.approx(transform_points(b, pts) - pts, abs=1e-9)
 
 
+@pytest.mark.slow
 def test_registration_is_reproducible_with_two_threads(fixed):
     """Same inputs, same transform to the last bit (ITK's threaded metric sums are kept single-threaded)."""
     truth = rigid(angles_deg=(1.0, 0.0, -2.0), translation=(3.0, 1.0, -2.0))

@@ -35,7 +35,7 @@ from rtmap_assets.issue_codes import IssueCode
 from rtmap_assets.imaging import grid as wg
 from rtmap_assets.imaging.mapping import map_mask, mask_centroid_mm, mask_volume_cc
 from rtmap_assets.imaging.qc import jacobian_stats, landmark_distance_mm, overlap_metrics
-from rtmap_assets.imaging.registration import register
+from rtmap_assets.imaging.registration import register, restores_sitk_threads
 from rtmap_assets.naming import first_match, match_aliases, matches
 from rtmap_assets.pipeline.volumes import PatientVolumes, StructureMask
 
@@ -127,6 +127,7 @@ def _local_grid(contours: list[np.ndarray], spacing_mm: float, margin_mm: float)
     return wg.make_grid(lo - margin_mm, hi + margin_mm, spacing_mm)
 
 
+@restores_sitk_threads  # SimpleITK's global thread count = `threads` during the call, then restored
 def run_imaging(manifest_rows: pl.DataFrame, config: TrialConfig, out_dir: Path, *,
                 raw_root: Path | None = None, engine: str | None = None, threads: int | None = None) -> ImagingResult:
     """The per-patient imaging step (see module docstring). `raw_root` resolves catalog-relative paths."""
@@ -137,8 +138,6 @@ def run_imaging(manifest_rows: pl.DataFrame, config: TrialConfig, out_dir: Path,
     engine = engine or config.registration.engine
     spacing = float(config.grid_spacing_mm)
     al = config.aliases
-    if threads:
-        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
 
     # ---- read
     t = time.perf_counter()
