@@ -1,0 +1,97 @@
+"""A small real lake and its DuckDB warehouse, without Dagster: the pipeline's own functions
+(catalog, manifest, imaging, dosimetry, issues) over a synthetic cohort, then a real `dbt build`.
+
+Used by the cohort-analysis tests (marts, README queries, dashboard, viewers in Chromium) and by
+`python rtmap_assets_tests/cohort_lake.py <data dir>` to make the docs' screenshots.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import polars as pl
+import SimpleITK as sitk
+
+from rtmap_assets.config import load_trial_config
+from rtmap_assets.dicom.catalog import catalog_folder
+from rtmap_assets.dicom.manifest import build_manifest
+from rtmap_assets.dosimetry.uncertainty import min_radius_mm, sphere_radius
+from rtmap_assets.lake import Lake
+from rtmap_assets.pipeline.covariates import read_covariates
+from rtmap_assets.pipeline.dosimetry_patient import run_dosimetry
+from rtmap_assets.pipeline.imaging_patient import run_imaging
+from rtmap_assets.pipeline.issues import record_issues
+
+ROOT = Path(__file__).resolve().parents[1]
+DBT_DIR = ROOT / "dbt_models"
+
+
+def build_lake(data_dir: Path, trial: str = "SYNTH-HN") -> Lake:
+    """Catalog → manifest → per patient imaging + dosimetry → lake tables under data_dir/lake."""
+    config = load_trial_config()
+    lake = Lake(data_dir / "lake")
+    cat = catalog_folder(data_dir / "raw" / trial)
+    lake.write_cohort_table("dicom_files", cat.files)
+    lake.write_cohort_table("dicom_rejects", cat.rejects)
+    manifest, issues = build_manifest(cat.files, config)
+    lake.write_cohort_table("patient_manifest", manifest)
+    covariates, _ = read_covariates(data_dir / "covariates" / f"{trial}.csv")
+    lake.write_cohort_table("trial_covariates", covariates)
+    for pid in sorted(set(manifest["patient_id"].to_list())):
+        rows = manifest.filter(pl.col("patient_id") == pid)
+        truth_file = data_dir / "truth" / trial / f"{pid}.json"
+        truth = json.loads(truth_file.read_text()) if truth_file.exists() else None
+        out = lake.patient_files(pid) / "v-test"
+        img = run_imaging(rows, config, out, truth=truth, raw_root=data_dir / "raw")
+        qc = img.registration_qc.with_columns(pl.lit(str(out)).alias("volumes_dir"))
+        lake.write_patient_table("registration_qc", pid, qc)
+        lake.write_patient_table("mapped_structures", pid, img.mapped_structures)
+        distance = qc["landmark_distance_mm"][0]
+        radius = sphere_radius(config.uncertainty, min_radius=min_radius_mm(img.volumes.image),
+                               patient_distance_mm=distance)
+        arm = covariates.filter(pl.col("patient_id") == pid)["arm"]
+        res = run_dosimetry(img.volumes, config, radius_mm=radius.radius_mm, sigma_mm=float(distance),
+                            covariate_arm=arm[0] if arm.len() else None)
+        lake.write_patient_table("recurrence_classification", pid,
+                                 res.classification.with_columns(pl.lit(radius.policy).alias("radius_policy")))
+        lake.write_patient_table("dose_statistics", pid, res.dose_statistics)
+        record_issues(lake, pid, "imaging", [])
+        record_issues(lake, pid, "dosimetry", res.issues)
+    for pid in sorted(set(issues["patient_id"].to_list()) if issues.height else []):
+        record_issues(lake, pid, "manifest", issues.filter(pl.col("patient_id") == pid).to_dicts())
+    return lake
+
+
+def dbt_build(data_dir: Path, *, extra: list[str] | None = None) -> Path:
+    """`dbt build` of the project over data_dir/lake into data_dir/rtmap.duckdb (artefacts in data_dir)."""
+    db = data_dir / "rtmap.duckdb"
+    env = {**os.environ, "RTMAP_LAKE": str(data_dir / "lake"), "RTMAP_DUCKDB": str(db),
+           "DBT_SEND_ANONYMOUS_USAGE_STATS": "false"}
+    run = subprocess.run([str(Path(sys.executable).with_name("dbt")), "build", "--project-dir", str(DBT_DIR),
+                          "--profiles-dir", str(DBT_DIR), "--target-path", str(data_dir / "dbt_target"),
+                          "--log-path", str(data_dir / "dbt_logs"), *(extra or [])],
+                         env=env, capture_output=True, text=True, timeout=600)
+    if run.returncode != 0:
+        raise AssertionError(f"dbt build failed:\n{run.stdout[-6000:]}\n{run.stderr[-2000:]}")
+    return db
+
+
+def load_viewer_inputs(lake: Lake, pid: str):
+    """(volumes, classification rows, registered relapse) of one patient from the lake."""
+    from rtmap_assets.pipeline.volumes import PatientVolumes
+
+    qc = pl.read_parquet(lake.patient_table("registration_qc", pid))
+    volumes = PatientVolumes.load(Path(qc["volumes_dir"][0]))
+    cls = pl.read_parquet(lake.patient_table("recurrence_classification", pid))
+    relapse = sitk.ReadImage(qc["registered_image_path"][0], sitk.sitkFloat32)
+    return volumes, cls, relapse, qc["relapse_modality"][0]
+
+
+if __name__ == "__main__":  # python rtmap_assets_tests/cohort_lake.py <data dir with raw/ truth/ covariates/>
+    d = Path(sys.argv[1])
+    build_lake(d)
+    print(dbt_build(d))
