@@ -35,7 +35,8 @@ SIZES: dict[str, dict] = {
     "small": {"ct_shape": (128, 128, 48), "ct_spacing": (2.0, 2.0, 3.0)},
     "clinical": {"ct_shape": (512, 512, 150), "ct_spacing": (0.9765625, 0.9765625, 2.0)},
 }
-COVARIATE_COLUMNS = ("patient_id", "arm", "site", "t_stage", "age_group", "smoking", "months_to_relapse")
+COVARIATE_COLUMNS = ("patient_id", "arm", "site", "t_stage", "n_stage", "hpv_status", "age_group", "smoking",
+                     "months_to_relapse")
 DOSE_GRID_SCALING = "1e-05"  # Gy per stored unit (uint32)
 
 # Name variants (all match the bundled trial's aliases; checked at generation time).
@@ -250,7 +251,7 @@ def generate_patient(raw_trial_dir: Path, truth_dir: Path, patient_id: str, *, s
         raise ValueError(f"relapse_modality must be CT or MR, got {relapse_modality!r}")
     raw_trial_dir, truth_dir = Path(raw_trial_dir), Path(truth_dir)
     streams = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(8)]
-    rng_ph, rng_warp, rng_place, rng_meta, rng_files, rng_names, rng_grid, _ = streams
+    rng_ph, rng_warp, rng_place, rng_meta, rng_files, rng_names, rng_grid, rng_cov = streams
     key = f"rtmap-synth/{seed}/{patient_id}"
     prescriptions = config.prescriptions(arm)
     th = config.thresholds
@@ -302,6 +303,9 @@ def generate_patient(raw_trial_dir: Path, truth_dir: Path, patient_id: str, *, s
         "age_group": f"{10 * (age // 10)}-{10 * (age // 10) + 9}",
         "smoking": _choose(rng_meta, ("never", "former", "current")),
         "months_to_relapse": months,
+        # from the spare stream, so every other draw (and so every existing cohort) is unchanged
+        "n_stage": _choose(rng_cov, ("N0", "N1", "N2", "N3")),
+        "hpv_status": _choose(rng_cov, ("positive", "negative", "unknown")),
     }
     plan_study = _study(key + "/planning", plan_date, rng_meta, "RT planning H&N")
     rel_study = _study(key + "/relapse", relapse_date, rng_meta, "Relapse staging")
