@@ -349,7 +349,8 @@ def viewer_figure(
         title={"text": (f"{html.escape(volumes.patient_id)} — arm {f.get('arm')} · Mohamed {f.get('mohamed_type') or '—'}"
                         f" · centroid ({centre[0]:.0f}, {centre[1]:.0f}, {centre[2]:.0f}) mm"), "x": 0.01},
         height=480 * rows + 160, width=1450, sliders=sliders, plot_bgcolor="black",
-        legend={"title": {"text": "click to show/hide"}, "font": {"size": 11}, "x": 1.0, "y": 0.5, "yanchor": "top"},
+        legend={"title": {"text": "click to show/hide"}, "font": {"size": 11, "color": "#f0f0f0"}, "x": 1.0, "y": 0.5,
+                "yanchor": "top", "bgcolor": "#303030"},  # dark: the white sphere swatch must show
         coloraxis={"colorscale": DOSE_COLOURSCALE, "cmin": floor_gy, "cmax": dose_max_gy,
                    "colorbar": {"title": {"text": "dose (Gy)"}, "x": 1.0, "len": 0.42, "y": 1.0, "yanchor": "top",
                                 "thickness": 15}},
