@@ -41,7 +41,7 @@ window.addEventListener('load', function () {
   var wait = function (ms) { return new Promise(function (r) { setTimeout(r, ms); }); };
   var plots = function () { return Array.prototype.slice.call(document.querySelectorAll('.js-plotly-plot')); };
   (async function () {
-    for (var i = 0; i < 100 && !(plots().length && plots().every(function (g) { return g._fullLayout; })); i++) await wait(100);
+    for (var i = 0; i < 100 && !plots().every(function (g) { return g._fullLayout; }); i++) await wait(100);
     await wait(300);
     try { done(await (async function (wait, plots) { %s })(wait, plots)); }
     catch (e) { window.__rtmapErrors.push('probe: ' + e + ' ' + (e.stack || '')); done(null); }
