@@ -91,7 +91,54 @@ def load_viewer_inputs(lake: Lake, pid: str):
     return volumes, cls, relapse, qc["relapse_modality"][0]
 
 
-if __name__ == "__main__":  # python rtmap_assets_tests/cohort_lake.py <data dir with raw/ truth/ covariates/>
+def render_pages(data_dir: Path, out: Path, *, dose_floor_fraction: float = 0.3) -> tuple[Path, list[Path]]:
+    """The cohort dashboard and every classified patient's viewer (viewers/<id>.html) under `out`."""
+    import duckdb
+
+    from rtmap_assets.figures.dashboard import build_cohort_dashboard
+    from rtmap_assets.figures.viewer import build_patient_viewer
+
+    lake = Lake(data_dir / "lake")
+    with duckdb.connect(str(data_dir / "rtmap.duckdb"), read_only=True) as con:
+        summary = con.sql("select * from patient_summary").pl()
+        by_arm = con.sql("select * from classification_by_arm").pl()
+    viewers = []
+    for pid in summary.filter(pl.col("classified"))["patient_id"].to_list():
+        volumes, cls, relapse, modality = load_viewer_inputs(lake, pid)
+        viewers.append(build_patient_viewer(volumes, cls, registered_relapse=relapse, relapse_contour_mask=None,
+                                            dose_floor_fraction=dose_floor_fraction,
+                                            out=out / "viewers" / f"{pid}.html", relapse_is_ct=modality == "CT"))
+    return build_cohort_dashboard(summary, by_arm, out / "cohort_dashboard.html"), viewers
+
+
+def docs_screenshots(dashboard: Path, viewer: Path, img_dir: Path, work: Path) -> list[Path]:
+    """docs/img/cohort_dashboard.png and docs/img/patient_viewer.png: Chromium screenshots at 2/3 size, 256 colours."""
+    from PIL import Image
+
+    from chromium_probe import screenshot
+
+    shots = []
+    for page, name, size in ((dashboard, "cohort_dashboard.png", (1400, 2350)), (viewer, "patient_viewer.png", (1450, 1330))):
+        png = screenshot(page, work / name, work, size=size)
+        img = Image.open(png).convert("RGB")
+        img = img.resize((img.width * 2 // 3, img.height * 2 // 3), Image.LANCZOS).quantize(
+            256, method=Image.Quantize.FASTOCTREE)  # octree keeps the dose colours; ~80-90 kB each
+        img_dir.mkdir(parents=True, exist_ok=True)
+        img.save(img_dir / name, optimize=True)
+        shots.append(img_dir / name)
+    return shots
+
+
+if __name__ == "__main__":
+    # python rtmap_assets_tests/cohort_lake.py <data dir with raw/ truth/ covariates/> [--pages OUT] [--docs-img DIR]
     d = Path(sys.argv[1])
-    build_lake(d)
-    print(dbt_build(d))
+    if not (d / "rtmap.duckdb").exists():
+        build_lake(d)
+        print(dbt_build(d))
+    if "--pages" in sys.argv:
+        out = Path(sys.argv[sys.argv.index("--pages") + 1])
+        dash, viewers = render_pages(d, out)
+        print(dash, dash.stat().st_size, *[(v.name, v.stat().st_size) for v in viewers])
+        if "--docs-img" in sys.argv:
+            sys.path.insert(0, str(Path(__file__).parent))
+            print(docs_screenshots(dash, viewers[0], Path(sys.argv[sys.argv.index("--docs-img") + 1]), out / "shots"))

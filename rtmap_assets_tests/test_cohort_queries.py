@@ -106,7 +106,8 @@ def test_the_five_queries_run_as_written_and_answer(warehouse):
     for row in r4.iter_rows(named=True):
         d = qc.filter(pl.col("patient_id") == row["patient_id"])["landmark_distance_mm"][0]
         assert row["uncertainty_mm"] == pytest.approx(d, abs=1e-3)
-        assert row["patient_radius_larger"] == (d > 5.0)
+        assert row["patient_policy_radius_mm"] == pytest.approx(max(d, 2.0), abs=1e-3)
+        assert row["radius_change_mm"] == pytest.approx(max(d, 2.0) - 5.0, abs=2e-3)
     # 5. Mohamed types per arm
     assert sorted(zip(r5["arm"], r5["mohamed_type"])) == sorted(high.select("arm", "mohamed_type").iter_rows())
     assert set(r5["pct_of_arm"]) == {100.0}
