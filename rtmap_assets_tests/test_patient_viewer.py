@@ -74,3 +74,15 @@ def test_viewer_without_relapse_image_has_one_row():
     assert data["rel"] is None
     assert not [t for t in fig.data if t.meta["kind"] == "rel"]
     assert len(fig.layout.annotations) == 3
+
+
+def test_viewer_of_an_unresolved_arm_says_so():
+    from rtmap_assets.figures.viewer import classes_table_html
+
+    vols = make_volumes(arm_ctvs=False)  # no CTVs: the arm cannot be resolved, classes stay empty
+    cls = run_dosimetry(vols, CONFIG, radius_mm=5.0, sigma_mm=1.0).classification
+    fig, data, note = viewer_figure(vols, cls, registered_relapse=None, relapse_contour_mask=None,
+                                    dose_floor_fraction=0.3)
+    assert not [t for t in fig.data if t.meta["kind"] == "iso"]  # no prescription, no isodose
+    assert "the maximum dose (arm unresolved) 66 Gy = 19.8 Gy" in note
+    assert classes_table_html(cls).count("no prescription known, no class") == 3

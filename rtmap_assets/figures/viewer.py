@@ -125,6 +125,10 @@ def classes_table_html(classification: pl.DataFrame) -> str:
         r = info["levels"].get(lvl)
         if r is None:
             continue
+        if r.get("level_present") is None:
+            body.append(f"<tr><td>{lvl}</td><td colspan='9'>arm {html.escape(str(r.get('arm')))}: no prescription "
+                        "known, no class</td></tr>")
+            continue
         if not r.get("level_present"):
             body.append(f"<tr><td>{lvl}</td><td colspan='9'>level absent in arm {html.escape(str(r.get('arm')))} "
                         "(no class)</td></tr>")
@@ -363,7 +367,8 @@ def viewer_figure(
     }
     note = (f"Crop ±{half_width_mm:g} mm around the recurrence centroid on the {image.GetSpacing()[0]:g} mm working "
             f"grid ({ct.shape[2]}×{ct.shape[1]}×{ct.shape[0]} voxels). Dose wash hidden below "
-            f"{dose_floor_fraction:.0%} of {p_max:g} Gy = {floor_gy:.1f} Gy. Sliders move both rows.")
+            f"{dose_floor_fraction:.0%} of {'the highest prescription' if prescriptions else 'the maximum dose (arm unresolved)'} "
+            f"{p_max:g} Gy = {floor_gy:.1f} Gy. Sliders move both rows.")
     return fig, data, note
 
 
