@@ -86,3 +86,14 @@ def test_viewer_of_an_unresolved_arm_says_so():
     assert not [t for t in fig.data if t.meta["kind"] == "iso"]  # no prescription, no isodose
     assert "the maximum dose (arm unresolved) 66 Gy = 19.8 Gy" in note
     assert classes_table_html(cls).count("no prescription known, no class") == 3
+
+
+def test_viewers_can_share_one_plotly_bundle(tmp_path):
+    vols, cls, relapse = _patient()
+    pages = [build_patient_viewer(vols, cls, registered_relapse=relapse, relapse_contour_mask=None,
+                                  dose_floor_fraction=0.3, out=tmp_path / f"P{i}.html", shared_plotlyjs=True)
+             for i in range(2)]
+    assert (tmp_path / "plotly.min.js").stat().st_size > 3_000_000
+    for page in pages:
+        assert page.stat().st_size < 1_000_000
+        assert '<script charset="utf-8" src="plotly.min.js"></script>' in page.read_text()

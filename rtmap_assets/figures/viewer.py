@@ -178,13 +178,24 @@ def build_patient_viewer(
     isodose_fraction: float = 0.95,
     half_width_mm: float = 40.0,
     relapse_is_ct: bool | None = None,
+    shared_plotlyjs: bool = False,
 ) -> Path:
-    """Write the patient's viewer HTML (atomically) and return its path (arguments: `viewer_figure`)."""
+    """Write the patient's viewer HTML (atomically) and return its path (arguments: `viewer_figure`).
+
+    `shared_plotlyjs`: instead of inlining plotly.js (~4.8 MB per page), load `plotly.min.js` from the
+    page's folder (written there once): still offline, ~1 MB per patient, for trial-size cohorts.
+    """
     fig, data, note = viewer_figure(volumes, classification, registered_relapse=registered_relapse,
                                     relapse_contour_mask=relapse_contour_mask, dose_floor_fraction=dose_floor_fraction,
                                     isodose_fraction=isodose_fraction, half_width_mm=half_width_mm,
                                     relapse_is_ct=relapse_is_ct)
-    plot = fig.to_html(full_html=False, include_plotlyjs=True, div_id="viewer",
+    if shared_plotlyjs:
+        bundle = Path(out).parent / "plotly.min.js"
+        if not bundle.exists():
+            from plotly.offline import get_plotlyjs
+
+            atomic_write(bundle, lambda tmp: tmp.write_text(get_plotlyjs(), encoding="utf-8"))
+    plot = fig.to_html(full_html=False, include_plotlyjs="directory" if shared_plotlyjs else True, div_id="viewer",
                        config={"displaylogo": False, "responsive": False})
     page = _PAGE.format(
         title=html.escape(f"rtmap viewer — {volumes.patient_id}"), plot=plot, data=json.dumps(data), script=_SCRIPT,
