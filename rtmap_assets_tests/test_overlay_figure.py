@@ -19,7 +19,7 @@ def test_run_dosimetry_writes_the_overlay_png(tmp_path):
     assert 20_000 < out.stat().st_size < 2_000_000
     img = imread(out)
     h, w = img.shape[:2]
-    assert (w, h) == (1600, 680)
+    assert (w, h) == (1600, 760)
     assert img[..., :3].std() > 0.05  # not a blank canvas
     assert not list(out.parent.glob(".*.tmp"))  # atomic write left no temporary file
 
@@ -58,3 +58,36 @@ def test_overlay_orientation_anterior_up_superior_up(tmp_path):
             assert ys.mean() < h / 2 and xs.mean() < w / 2  # superior up, anterior left
     # grid 100 × 100 × 80 mm: axial square, coronal and sagittal 0.8 high/wide (equal aspect in mm)
     assert abs(shapes[0] - 1.0) < 0.03 and abs(shapes[1] - 0.8) < 0.03 and abs(shapes[2] - 0.8) < 0.03
+
+
+def test_overlay_colour_bar_relapse_panel_and_visible_sphere_swatch(tmp_path):
+    vols = make_volumes(rec_centre=(16.0, 0.0, 0.0), rec_radius=4.0)
+    relapse = sitk.Cast(vols.image + 5.0, sitk.sitkFloat32)
+    out = tmp_path / "overlay.png"
+    run_dosimetry(vols, CONFIG, radius_mm=5.0, sigma_mm=1.0, figure_path=out, registered_relapse=relapse)
+    rgb = imread(out)[..., :3]
+    h, w = rgb.shape[:2]
+    assert (w, h) == (2100, 760)  # four panels: axial, coronal, sagittal, registered relapse
+    magenta = (rgb[..., 0] > 0.9) & (rgb[..., 1] < 0.2) & (rgb[..., 2] > 0.9)
+    cols = np.nonzero(magenta[: int(0.7 * h)].any(axis=0))[0]  # above the legend (which has a magenta swatch)
+    assert cols.size and cols.min() > 0.7 * w  # the relapse contour is drawn in the fourth panel only
+    # colour bar: a narrow vertical strip right of the panels whose colour changes from bottom to top
+    strip = rgb[int(0.3 * h):int(0.7 * h), int(0.945 * w)]
+    assert np.abs(np.diff(strip, axis=0)).sum() > 0.5
+    # the legend box is dark (#3a3a3a), so the white sphere swatch shows (it was black on white)
+    dark = np.all(np.abs(rgb - 0x3a / 255) < 0.01, axis=2)
+    assert dark[int(0.75 * h):].sum() > 20_000
+
+
+def test_overlay_legend_swatches_match_the_panels():
+    from matplotlib.colors import to_hex
+
+    from rtmap_assets.figures.overlay import LEGEND_FACE, SPHERE_COLOUR, legend_handles
+
+    ctx = OverlayContext(patient_id="P", arm="A", centroid_mm=(0.0, 0.0, 0.0), recurrence=None, sphere=None)
+    handles = {h.get_label(): h for h in legend_handles(ctx, {"high": 65.0}, {"high"}, True)}
+    sphere = handles["uncertainty sphere"]
+    assert to_hex(sphere.get_color()) == to_hex(SPHERE_COLOUR) == "#ffffff" and sphere.get_linestyle() == ":"
+    assert to_hex(LEGEND_FACE) != "#ffffff"
+    assert set(handles) == {"mapped recurrence", "uncertainty sphere", "relapse contour (registered)", "CTV high",
+                            "95% of 65 Gy (high)"}

@@ -95,7 +95,8 @@ def test_cohort_covers_arms_and_cases_with_consistent_truth(cohort):
         rows = list(csv.DictReader(fh))
     assert [r["patient_id"] for r in rows] == [t["patient_id"] for t in truths]
     assert [r["arm"] for r in rows] == [t["arm"] for t in truths]
-    assert set(rows[0]) == {"patient_id", "arm", "site", "t_stage", "age_group", "smoking", "months_to_relapse"}
+    assert set(rows[0]) == {"patient_id", "arm", "site", "t_stage", "n_stage", "hpv_status", "age_group", "smoking",
+                            "months_to_relapse"}
     assert all("-" in r["age_group"] for r in rows)
 
 

@@ -13,6 +13,7 @@ import csv
 import datetime as dt
 import json
 import logging
+import hashlib
 import re
 import shutil
 from dataclasses import asdict, dataclass, replace
@@ -35,7 +36,8 @@ SIZES: dict[str, dict] = {
     "small": {"ct_shape": (128, 128, 48), "ct_spacing": (2.0, 2.0, 3.0)},
     "clinical": {"ct_shape": (512, 512, 150), "ct_spacing": (0.9765625, 0.9765625, 2.0)},
 }
-COVARIATE_COLUMNS = ("patient_id", "arm", "site", "t_stage", "age_group", "smoking", "months_to_relapse")
+COVARIATE_COLUMNS = ("patient_id", "arm", "site", "t_stage", "n_stage", "hpv_status", "age_group", "smoking",
+                     "months_to_relapse")
 DOSE_GRID_SCALING = "1e-05"  # Gy per stored unit (uint32)
 
 # Name variants (all match the bundled trial's aliases; checked at generation time).
@@ -387,6 +389,10 @@ def _identities(patient_id: str, arm: str, key: str, rng: np.random.Generator) -
         "smoking": _choose(rng, ("never", "former", "current")),
         "months_to_relapse": months,
     }
+    # Drawn from their own stream (seeded by the patient key), so every other draw stays as it was.
+    rng_cov = np.random.default_rng(int.from_bytes(hashlib.sha1(f"{key}/covariates".encode()).digest()[:8], "little"))
+    covariates["n_stage"] = _choose(rng_cov, ("N0", "N1", "N2", "N3"))
+    covariates["hpv_status"] = _choose(rng_cov, ("positive", "negative", "unknown"))
     return _Identity(patient, _study(key + "/planning", plan_date, rng, "RT planning H&N"),
                      _study(key + "/relapse", relapse_date, rng, "Relapse staging"), covariates)
 

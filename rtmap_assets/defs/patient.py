@@ -13,6 +13,7 @@ import traceback
 from pathlib import Path
 
 import polars as pl
+import SimpleITK as sitk
 
 import dagster as dg
 from rtmap_assets.config import TrialConfig, config_fingerprint
@@ -32,6 +33,7 @@ from rtmap_assets.defs.resources import RtmapPaths, TrialSettings
 from rtmap_assets.dicom.manifest import complete_rows
 from rtmap_assets.dosimetry.uncertainty import sphere_radius
 from rtmap_assets.errors import PatientDataError
+from rtmap_assets.figures.viewer import build_patient_viewer
 from rtmap_assets.lake import Lake
 from rtmap_assets.lake.contract import (
     COHORT_UNCERTAINTY,
@@ -54,6 +56,7 @@ SILVER, GOLD = "patient_silver", "patient_gold"
 IMAGING_CODE_VERSION = "imaging-2"
 DOSIMETRY_CODE_VERSION = "dosimetry-2"
 HEAVY_POOL = "rtmap_patient_heavy"
+VIEWER_DOSE_FLOOR = 0.3  # the viewer's dose wash is hidden below this fraction of the highest prescription
 
 # Classifications follow the cohort radius and the covariates: when cohort_uncertainty's data version
 # changes (only under the 'cohort' radius policy) or trial_covariates' does (a corrected arm), every
@@ -254,6 +257,14 @@ def _radius_inputs(context, lake: Lake, config: TrialConfig, pid: str) -> tuple[
             group_name=GOLD, kinds={"png"}, code_version=DOSIMETRY_CODE_VERSION,
             automation_condition=RECLASSIFY_ON_COHORT_CHANGE),
         dg.AssetSpec(
+            "patient_viewer",
+            deps=[REGISTRATION_QC.name, MAPPED_STRUCTURES.name, COHORT_UNCERTAINTY.name, TRIAL_COVARIATES.name],
+            description="Self-contained, offline plotly HTML viewer (lake/dashboards/viewers/<id>.html): slice sliders "
+            "in three orientations, CT, dose wash, CTVs, isodoses, mapped recurrence, sphere, centroid, the registered "
+            "relapse image, and every class with its code explained.",
+            group_name=GOLD, kinds={"plotly", "html"}, code_version=DOSIMETRY_CODE_VERSION,
+            automation_condition=RECLASSIFY_ON_COHORT_CHANGE),
+        dg.AssetSpec(
             "patient_seed_csv",
             deps=[REGISTRATION_QC.name, MAPPED_STRUCTURES.name, COHORT_UNCERTAINTY.name, TRIAL_COVARIATES.name],
             description="The seed workflow's per-patient CSV, <patient>_classifications.csv.",
@@ -300,7 +311,8 @@ def patient_classification(context: dg.AssetExecutionContext, paths: RtmapPaths,
 
     stored = lake.read(RECURRENCE_CLASSIFICATION, patient_id=pid)
     overlay = figures / "overlay.png"
-    if stored.height and stored["data_version"][0] == version and overlay.exists():
+    viewer = lake.root / "dashboards" / "viewers" / f"{pid}.html"  # beside the cohort dashboard, which links it
+    if stored.height and stored["data_version"][0] == version and overlay.exists() and viewer.exists():
         context.log.info(f"{pid}: registration, covariates, radius, code and dosimetry configuration unchanged — "
                          "reusing stored classification")
         classification, stats, recomputed = stored, lake.read(DOSE_STATISTICS, patient_id=pid), False
@@ -309,14 +321,20 @@ def patient_classification(context: dg.AssetExecutionContext, paths: RtmapPaths,
     else:
         try:
             volumes = PatientVolumes.load(volumes_dir)
+            relapse_file = lake.absolute(qc["registered_image_path"][0])
+            relapse = sitk.ReadImage(str(relapse_file), sitk.sitkFloat32) if relapse_file.exists() else None
             result = run_dosimetry(volumes, config, radius_mm=radius.radius_mm, sigma_mm=float(distance or 0.0),
-                                   covariate_arm=covariate_arm, figure_path=overlay)
+                                   covariate_arm=covariate_arm, figure_path=overlay, registered_relapse=relapse)
             classification = result.classification.with_columns(pl.lit(radius.policy).alias("radius_policy"),
                                                                 pl.lit(version).alias("data_version"))
             stats = result.dose_statistics.with_columns(pl.lit(version).alias("data_version"))
             lake.replace_patient(RECURRENCE_CLASSIFICATION, pid, classification)
             lake.replace_patient(DOSE_STATISTICS, pid, stats)
             seed_csv = write_seed_csvs(classification, lake.root / "seed_csv", config.trial)[0]
+            build_patient_viewer(volumes, classification, registered_relapse=relapse, relapse_contour_mask=None,
+                                 dose_floor_fraction=VIEWER_DOSE_FLOOR, out=viewer,
+                                 isodose_fraction=config.thresholds.isodose_fraction,
+                                 relapse_is_ct=qc["relapse_modality"][0] == "CT", shared_plotlyjs=True)
         except Exception as err:  # noqa: BLE001 - every failure becomes a pipeline_issues row
             raise _fail(lake, pid, "dosimetry", err, context) from err
         # Non-fatal findings (arm mismatch, centroid outside the dose grid, …) stay queryable.
@@ -348,6 +366,9 @@ def patient_classification(context: dg.AssetExecutionContext, paths: RtmapPaths,
                   "preview": md_table(stats.select("structure", "volume_cc", "mean_gy", "d95_gy"))})
     yield dg.MaterializeResult(asset_key="patient_overlay", data_version=dg.DataVersion(version),
                                metadata={"path": dg.MetadataValue.path(str(overlay))})
+    yield dg.MaterializeResult(asset_key="patient_viewer", data_version=dg.DataVersion(version),
+                               metadata={"path": dg.MetadataValue.path(str(viewer)),
+                                         "open": dg.MetadataValue.url(viewer.resolve().as_uri())})
     yield dg.MaterializeResult(asset_key="patient_seed_csv", data_version=dg.DataVersion(version),
                                metadata={"path": dg.MetadataValue.path(str(seed_csv))})
     yield dg.MaterializeResult(asset_key="dosimetry_issues", data_version=dg.DataVersion(version),

@@ -15,7 +15,8 @@ import duckdb
 import dagster as dg
 from dagster_dbt import DagsterDbtTranslator, DbtCliResource, DbtProject, dbt_assets
 from rtmap_assets.defs.cohort import COHORT, COHORT_AUTOMATION
-from rtmap_assets.defs.resources import DBT_DIR, RtmapPaths
+from rtmap_assets.config import TrialConfig
+from rtmap_assets.defs.resources import DBT_DIR, RtmapPaths, TrialSettings
 from rtmap_assets.figures.dashboard import build_cohort_dashboard
 
 # The manifest is built by scripts/setup.sh (`dbt parse`); under `dagster dev` it is refreshed on load.
@@ -36,9 +37,16 @@ class LakeTranslator(DagsterDbtTranslator):
         return COHORT_AUTOMATION
 
 
-def dbt_vars(paths: RtmapPaths) -> list[str]:
-    """`--vars` telling dbt where this deployment's lake and DuckDB file are (no environment writes)."""
-    return ["--vars", json.dumps({"rtmap_lake": str(paths.lake.root), "rtmap_duckdb": str(paths.duckdb_path)})]
+def dbt_vars(paths: RtmapPaths, config: TrialConfig) -> list[str]:
+    """`--vars`: where this deployment's lake and DuckDB file are, and the trial's QC limits the marts use
+    (no environment writes)."""
+    return ["--vars", json.dumps({"rtmap_lake": str(paths.lake.root), "rtmap_duckdb": str(paths.duckdb_path),
+                                  **qc_limits(config)})]
+
+
+def qc_limits(config: TrialConfig) -> dict[str, float]:
+    return {"qc_max_landmark_distance_mm": config.qc.max_landmark_distance_mm,
+            "qc_max_folding_fraction": config.qc.max_folding_fraction}
 
 
 DBT_RUNS_KEPT = 10
@@ -67,9 +75,10 @@ def dbt_run_target(paths: RtmapPaths, run_id: str) -> Path:
 
 
 @dbt_assets(manifest=dbt_project.manifest_path, dagster_dbt_translator=LakeTranslator(), name="warehouse_models")
-def warehouse_models(context: dg.AssetExecutionContext, dbt: DbtCliResource, paths: RtmapPaths):
+def warehouse_models(context: dg.AssetExecutionContext, dbt: DbtCliResource, paths: RtmapPaths,
+                     trial: TrialSettings):
     """Staging views and mart tables in data/rtmap.duckdb, with the YAML tests as asset checks."""
-    yield from dbt.cli(["build", *dbt_vars(paths)], context=context,
+    yield from dbt.cli(["build", *dbt_vars(paths, trial.config)], context=context,
                        target_path=dbt_run_target(paths, context.run.run_id)).stream()
 
 
@@ -81,10 +90,12 @@ def warehouse_models(context: dg.AssetExecutionContext, dbt: DbtCliResource, pat
     kinds={"plotly", "html"},
     automation_condition=COHORT_AUTOMATION,
 )
-def cohort_dashboard(paths: RtmapPaths) -> dg.MaterializeResult:
+def cohort_dashboard(paths: RtmapPaths, trial: TrialSettings) -> dg.MaterializeResult:
     with duckdb.connect(str(paths.duckdb_path), read_only=True) as con:
         summary = con.sql("select * from main.patient_summary").pl()
         by_arm = con.sql("select * from main.classification_by_arm").pl()
-    out = build_cohort_dashboard(summary, by_arm, paths.lake.root / "dashboards" / "cohort_dashboard.html")
+    # Links to each patient's viewer (dashboards/viewers/<id>.html, written by the patient's classification).
+    out = build_cohort_dashboard(summary, by_arm, paths.lake.root / "dashboards" / "cohort_dashboard.html",
+                                 qc_limits=qc_limits(trial.config))
     return dg.MaterializeResult(metadata={"path": dg.MetadataValue.path(str(out)), "patients": summary.height,
                                           "classified": int(summary["classified"].sum()) if summary.height else 0})

@@ -111,6 +111,7 @@ def run_dosimetry(
     sigma_mm: float,
     covariate_arm: str | None = None,
     figure_path: Path | None = None,
+    registered_relapse: sitk.Image | None = None,
 ) -> DosimetryResult:
     """Arm, sphere, classifications, probabilities and dose statistics for one patient."""
     if volumes.dose is None:
@@ -210,6 +211,7 @@ def run_dosimetry(
             ctvs={lvl: s.mask for lvl, s in level_ctv.items() if s is not None},
             prescriptions=prescriptions, isodose_fraction=frac,
             class_summary=_class_summary(rows, mohamed.type),
+            registered_relapse=registered_relapse,  # the overlay's relapse panel (None: three panels)
         )
         written = render_overlay(volumes, ctx, Path(figure_path))
     return DosimetryResult(dose_statistics=stats, classification=classification, figure_path=written, issues=issues)

@@ -1,19 +1,19 @@
--- Cohort counts per arm × level × scheme × class: the table behind the dashboard's bars.
-with long as (
-    select arm, level, 'seed_volume' as scheme,
-           case volume_class when 1 then 'inside' when 2 then 'peripheral' when 0 then 'outside' end as class
-    from {{ ref('stg_recurrence_classification') }} where level_present
-    union all
-    select arm, level, 'seed_centroid', case centroid_class when 1 then 'inside' else 'outside' end
-    from {{ ref('stg_recurrence_classification') }} where level_present
-    union all
-    select arm, level, 'dawson', dawson_class
-    from {{ ref('stg_recurrence_classification') }} where level_present
-    union all
-    select arm, 'patient', 'mohamed', mohamed_type
-    from {{ ref('stg_recurrence_classification') }} where level = 'high'
+-- Patients per arm × level × scheme × class, with the percentage of the arm's patients classified
+-- at that level under that scheme (absent levels are not counted: an arm without a low level has no
+-- low-level rows here).
+with classified as (
+    select arm, level, level_order, scheme, scheme_order, class_code, class_label, class_order
+    from {{ ref('classification_long') }}
+    where class_code is not null
+),
+counts as (
+    select arm, level, level_order, scheme, scheme_order, class_code, class_label, class_order, count(*) as patients
+    from classified
+    group by all
 )
-select arm, level, scheme, class, count(*) as patients
-from long
-group by all
-order by arm, level, scheme, class
+select
+    *,
+    sum(patients) over (partition by arm, level, scheme) as arm_level_patients,
+    round(100.0 * patients / sum(patients) over (partition by arm, level, scheme), 1) as pct_of_arm_level
+from counts
+order by arm, level_order, scheme_order, class_order
