@@ -339,8 +339,8 @@ def test_empty_recurrence_contour_is_recurrence_empty_with_its_name():
     square = np.array([[0, 0, 0], [5, 0, 0], [5, 5, 0], [0, 5, 0]], dtype=float)
     rs = RTStruct("1.2.3", {"Rec_CT": [], "thyroid_cartilage": [square]})
     with pytest.raises(PatientDataError) as err:
-        refuse_empty_match(rs, CONFIG.aliases.recurrence, "recurrence", "RECURRENCE", "rel/RS.dcm")
+        refuse_empty_match(rs, CONFIG.aliases.recurrence, "recurrence", "RECURRENCE_EMPTY", "rel/RS.dcm")
     assert err.value.code == "RECURRENCE_EMPTY" and "'Rec_CT'" in err.value.message
     assert err.value.file == "rel/RS.dcm"
     rs.contours["Rec_CT"] = [square]
-    refuse_empty_match(rs, CONFIG.aliases.recurrence, "recurrence", "RECURRENCE", "rel/RS.dcm")  # drawn: no error
+    refuse_empty_match(rs, CONFIG.aliases.recurrence, "recurrence", "RECURRENCE_EMPTY", "rel/RS.dcm")  # drawn: no error
