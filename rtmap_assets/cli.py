@@ -12,8 +12,10 @@ import sys
 import time
 from pathlib import Path
 
-DAGSTER_YAML = """\
-# Written by `rtmap demo` / `rtmap ui`: a persistent local instance under data/.
+INSTANCE_HEADER = "# Written by `rtmap demo` / `rtmap ui`: a persistent local instance under data/."
+DAGSTER_YAML = f"""\
+{INSTANCE_HEADER}
+# rtmap instance config v2 (rewritten by rtmap when it differs; remove the first line to keep your edits)
 concurrency:
   runs:
     max_concurrent_runs: 2
@@ -21,6 +23,18 @@ concurrency:
     default_limit: 1   # the heavy per-patient step (pool rtmap_patient_heavy) one at a time on 2 cores
 telemetry:
   enabled: false
+# Run monitoring (daemon of `rtmap ui`): a run stuck STARTING or CANCELING is failed/canceled after 3 min,
+# any run after 2 h (the local run launcher cannot probe its worker process, so a bound on run time is
+# how the daemon notices a killed STARTED run), and the pool slots of every finished run are freed a
+# minute after it ended, so a dead run never holds the only slot of rtmap_patient_heavy (issue 10).
+run_monitoring:
+  enabled: true
+  start_timeout_seconds: 180
+  cancel_timeout_seconds: 180
+  max_runtime_seconds: 7200
+  max_resume_run_attempts: 0
+  poll_interval_seconds: 30
+  free_slots_after_run_end_seconds: 60
 """
 
 
@@ -28,8 +42,10 @@ def prepare_instance(data_dir: Path) -> Path:
     """DAGSTER_HOME under the data folder, with the run queue and pool limits rtmap expects."""
     home = data_dir / "dagster_home"
     home.mkdir(parents=True, exist_ok=True)
-    if not (home / "dagster.yaml").exists():
-        (home / "dagster.yaml").write_text(DAGSTER_YAML)
+    cfg = home / "dagster.yaml"
+    # A file rtmap wrote (its header) is brought up to date; a file without the header is the user's own.
+    if not cfg.exists() or (cfg.read_text().startswith(INSTANCE_HEADER) and cfg.read_text() != DAGSTER_YAML):
+        cfg.write_text(DAGSTER_YAML)
     os.environ["DAGSTER_HOME"] = str(home)
     os.environ["RTMAP_DATA_DIR"] = str(data_dir)
     return home
@@ -70,6 +86,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     from rtmap_assets.config import load_trial_config
     from rtmap_assets.definitions import defs as load_defs
+    from rtmap_assets.defs.patient import HEAVY_POOL
+    from rtmap_assets.housekeeping import reap_dead_runs, run_tags, wait_for_pool
     from rtmap_assets.lake import Lake
 
     config = load_trial_config(os.environ.get("RTMAP_TRIAL_CONFIG") or None)
@@ -90,7 +108,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     instance = dg.DagsterInstance.get()
     quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}  # progress lines below say enough
     print(f"[2/4] catalog + manifest (Dagster instance {os.environ['DAGSTER_HOME']})")
-    defs.resolve_job_def("bronze_job").execute_in_process(instance=instance, run_config=quiet)
+    defs.resolve_job_def("bronze_job").execute_in_process(instance=instance, run_config=quiet, tags=run_tags())
     lake = Lake(data_dir / "lake")
     manifest = lake.read_table("patient_manifest")
     files = lake.read_table("dicom_files")
@@ -100,12 +118,17 @@ def _cmd_demo(args: argparse.Namespace) -> int:
           f"{len(patients)} patients, {len(ready)} with a complete manifest")
     instance.add_dynamic_partitions("patients", [p for p in ready if not instance.has_dynamic_partition("patients", p)])
 
+    reaped = reap_dead_runs(instance)
+    if reaped:
+        print(f"      failed {len(reaped)} dead run(s) left by a killed process and freed their pool slots: "
+              + ", ".join(f"{r.job_name}[{r.partition or '-'}] {r.run_id[:8]}" for r in reaped))
     print(f"[3/4] per-patient runs ({len(ready)})")
     job = defs.resolve_job_def("patient_job")
     for i, pid in enumerate(ready, 1):
+        wait_for_pool(instance, HEAVY_POOL)
         t = time.perf_counter()
         result = job.execute_in_process(instance=instance, partition_key=pid, raise_on_error=False,
-                                     run_config=quiet)
+                                        run_config=quiet, tags=run_tags())
         status = "ok" if result.success else "FAILED (see pipeline_issues)"
         print(f"      [{i}/{len(ready)}] {pid}: {status} in {time.perf_counter() - t:.1f} s", flush=True)
 
@@ -114,7 +137,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     log.parent.mkdir(exist_ok=True)
     with open(log, "w") as fh, contextlib.redirect_stdout(fh):  # dbt's own console output goes to the log
         cohort = defs.resolve_job_def("cohort_job").execute_in_process(instance=instance, raise_on_error=False,
-                                                                       run_config=quiet)
+                                                                       run_config=quiet, tags=run_tags())
     print(f"      {'ok' if cohort.success else 'FAILED'} (dbt output: {log})")
 
     duck = data_dir / "rtmap.duckdb"
@@ -156,6 +179,14 @@ def _add_truth_agreement(rows: list[dict], lake, truth_dir: Path) -> None:
 
 def _cmd_ui(args: argparse.Namespace) -> int:
     prepare_instance(Path(args.data_dir).resolve())
+    import dagster as dg
+
+    from rtmap_assets.housekeeping import reap_dead_runs
+
+    # Runs left unfinished by an earlier, killed UI or demo: the daemon would only time them out.
+    reaped = reap_dead_runs(dg.DagsterInstance.get())
+    if reaped:
+        print(f"failed {len(reaped)} dead run(s) left by a killed process and freed their pool slots")
     dagster = str(Path(sys.executable).with_name("dagster"))
     root = Path(__file__).resolve().parents[1]
     return subprocess.call([dagster, "dev", "-h", "127.0.0.1", "-p", str(args.port), "-w",
