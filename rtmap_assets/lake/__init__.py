@@ -19,8 +19,26 @@ PATIENT_FILE = "part-0.parquet"
 COHORT_FILE = "data.parquet"
 
 
+def _umask() -> int:
+    """The process umask, read without changing it (os.umask can only be read by setting it)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
-    """Call `write(tmp_path)` and rename the result to `path` (same folder, so the rename is atomic)."""
+    """Call `write(tmp_path)` and rename the result to `path` (same folder, so the rename is atomic).
+
+    The file gets the mode an ordinary write would (0666 minus the umask, 0644 by default): mkstemp
+    creates 0600 and that mode would survive the rename, hiding lake files from other accounts.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -28,6 +46,7 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
     tmp_path = Path(tmp)
     try:
         write(tmp_path)
+        os.chmod(tmp_path, 0o666 & ~_umask())
         os.replace(tmp_path, path)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
