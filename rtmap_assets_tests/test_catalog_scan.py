@@ -50,7 +50,8 @@ def test_catalog_columns_and_values(trial_dir: Path):
     ct = _row(files, "planning/ct/CT002.dcm")
     assert ct["path"] == "TRIAL-X/export-1/planning/ct/CT002.dcm"  # relative to the raw root
     assert resolve_path(trial_dir.parent, ct["path"]).is_file()
-    assert ct["trial"] == "TRIAL-X" and ct["export"] == "export-1" and ct["patient_id"] == "SUBJ-1"
+    # rule 17: the subject is the export folder; the PatientID (SUBJ-1) is never stored
+    assert ct["trial"] == "TRIAL-X" and ct["export"] == "export-1" and ct["patient_id"] == "export-1"
     assert ct["modality"] == "CT" and ct["study_date"] == dt.date(2020, 1, 10)
     assert ct["image_position_patient"] == [-8.0, -8.0, -5.0]
     assert ct["image_orientation_patient"] == [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]

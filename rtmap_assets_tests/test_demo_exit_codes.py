@@ -51,7 +51,7 @@ def test_every_patient_failing_does_not_crash_the_summary(tmp_path):
     _break_patient(data)
     raw = data / "raw" / TRIAL
     for d in raw.iterdir():
-        if d.name != "broken-export":
+        if d.name != "SYN-BROKEN":
             shutil.rmtree(d)
     run = _demo(data)
     out = run.stdout + run.stderr

@@ -45,7 +45,7 @@ def trial(tmp_path: Path) -> Path:
 
 
 def test_complete_patient_has_five_roles_with_reasons(trial: Path):
-    pf = write_patient(trial / "exp", "P1")
+    pf = write_patient(trial / "P1", "P1")
     manifest, issues = _manifest(trial)
     assert issues.is_empty()
     assert dict(manifest.schema) == MANIFEST_SCHEMA
@@ -60,8 +60,8 @@ def test_complete_patient_has_five_roles_with_reasons(trial: Path):
 
     rs = rows["planning_rtstruct"]
     assert (rs["matched_structure"], rs["matched_alias"]) == ("CTV_65", "*CTV*65*")
-    assert rs["files"] == ["T1/exp/planning/rs/RS.dcm"] and rs["sop_instance_uid"]
-    assert rows["planning_rtdose"]["files"] == ["T1/exp/planning/rd/RD.dcm"]
+    assert rs["files"] == ["T1/P1/planning/rs/RS.dcm"] and rs["sop_instance_uid"]
+    assert rows["planning_rtdose"]["files"] == ["T1/P1/planning/rd/RD.dcm"]
     assert "PLAN" in rows["planning_rtdose"]["reason"]
 
     rel = rows["relapse_rtstruct"]
@@ -77,21 +77,21 @@ def test_complete_patient_has_five_roles_with_reasons(trial: Path):
 
 
 def test_missing_rtdose_is_explained_and_isolated(trial: Path):
-    write_patient(trial / "a", "GOOD")
-    write_patient(trial / "b", "NODOSE", with_dose=False)
+    write_patient(trial / "GOOD", "GOOD")
+    write_patient(trial / "NODOSE", "NODOSE", with_dose=False)
     manifest, issues = _manifest(trial)
     assert dict(issues.schema) == ISSUES_SCHEMA
     assert manifest["patient_id"].unique().to_list() == ["GOOD"] and manifest.height == 5
     issue = _issue(issues, "NODOSE")
     assert (issue["stage"], issue["code"]) == ("manifest", "NO_RTDOSE")
-    assert "no RTDOSE" in issue["message"] and issue["file"].startswith("T1/b/")
+    assert "no RTDOSE" in issue["message"] and issue["file"].startswith("T1/NODOSE/")
 
 
 def test_two_ct_series_on_the_dose_frame_are_ambiguous(trial: Path):
-    pf = write_patient(trial / "a", "P", with_dose=True)
+    pf = write_patient(trial / "P", "P", with_dose=True)
     # a second CT series in the planning frame of reference, and a structure set that names
     # only the frame of reference: nothing tells which series the CTVs were drawn on
-    write_image_series(trial / "a" / "planning" / "ct2", "P/ct2", "P", pf.planning_ct.study_uid,
+    write_image_series(trial / "P" / "planning" / "ct2", "P/ct2", "P", pf.planning_ct.study_uid,
                        pf.planning_ct.for_uid, "20200110")
     (pf.planning_rtstruct).unlink()
     write_rtstruct(pf.planning_rtstruct, "P/plan", "P", pf.planning_ct.study_uid, "20200110",
@@ -104,8 +104,8 @@ def test_two_ct_series_on_the_dose_frame_are_ambiguous(trial: Path):
 
 
 def test_series_reference_resolves_a_shared_frame(trial: Path):
-    pf = write_patient(trial / "a", "P")
-    extra = write_image_series(trial / "a" / "planning" / "ct2", "P/ct2", "P", pf.planning_ct.study_uid,
+    pf = write_patient(trial / "P", "P")
+    extra = write_image_series(trial / "P" / "planning" / "ct2", "P/ct2", "P", pf.planning_ct.study_uid,
                                pf.planning_ct.for_uid, "20200110")
     manifest, issues = _manifest(trial)
     assert issues.is_empty()
@@ -115,13 +115,13 @@ def test_series_reference_resolves_a_shared_frame(trial: Path):
 
 
 def test_two_candidate_planning_series_are_ambiguous(trial: Path):
-    write_patient(trial / "a", "P")
+    write_patient(trial / "P", "P")
     # a re-plan: another CT, CTV structure set and dose on a new frame of reference
     study, for_uid = uid("P/replan-study"), uid("P/replan-for")
-    ser = write_image_series(trial / "a" / "replan" / "ct", "P/replan", "P", study, for_uid, "20200301")
-    rs = write_rtstruct(trial / "a" / "replan" / "RS.dcm", "P/replan", "P", study, "20200301",
+    ser = write_image_series(trial / "P" / "replan" / "ct", "P/replan", "P", study, for_uid, "20200301")
+    rs = write_rtstruct(trial / "P" / "replan" / "RS.dcm", "P/replan", "P", study, "20200301",
                         ["CTV_60"], referenced=ser)
-    write_rtdose(trial / "a" / "replan" / "RD.dcm", "P/replan", "P", study, "20200301", for_uid, rtstruct_sop=rs)
+    write_rtdose(trial / "P" / "replan" / "RD.dcm", "P/replan", "P", study, "20200301", for_uid, rtstruct_sop=rs)
     manifest, issues = _manifest(trial)
     assert manifest.is_empty()
     assert _issue(issues, "P")["code"] == "AMBIGUOUS_PLANNING_CT"
@@ -129,7 +129,7 @@ def test_two_candidate_planning_series_are_ambiguous(trial: Path):
 
 @pytest.mark.parametrize("relapse_date", [None, "20200110"])
 def test_no_later_study(trial: Path, relapse_date):
-    write_patient(trial / "a", "P", relapse_date=relapse_date)
+    write_patient(trial / "P", "P", relapse_date=relapse_date)
     manifest, issues = _manifest(trial)
     assert manifest.is_empty()
     issue = _issue(issues, "P")
@@ -137,7 +137,7 @@ def test_no_later_study(trial: Path, relapse_date):
 
 
 def test_later_study_without_recurrence_structure(trial: Path):
-    write_patient(trial / "a", "P", recurrence_name="GTV_new")
+    write_patient(trial / "P", "P", recurrence_name="GTV_new")
     manifest, issues = _manifest(trial)
     issue = _issue(issues, "P")
     assert issue["code"] == "NO_RECURRENCE_STRUCTURE"
@@ -145,11 +145,11 @@ def test_later_study_without_recurrence_structure(trial: Path):
 
 
 def test_two_relapse_studies_are_ambiguous(trial: Path):
-    pf = write_patient(trial / "a", "P")
+    pf = write_patient(trial / "P", "P")
     study, for_uid = uid("P/second-study"), uid("P/second-for")
-    ser = write_image_series(trial / "a" / "second" / "mr", "P/second", "P", study, for_uid, "20220505",
+    ser = write_image_series(trial / "P" / "second" / "mr", "P/second", "P", study, for_uid, "20220505",
                              modality="MR")
-    write_rtstruct(trial / "a" / "second" / "RS.dcm", "P/second", "P", study, "20220505", ["rGTV"],
+    write_rtstruct(trial / "P" / "second" / "RS.dcm", "P/second", "P", study, "20220505", ["rGTV"],
                    referenced=ser)
     manifest, issues = _manifest(trial)
     assert manifest.is_empty()
@@ -159,7 +159,7 @@ def test_two_relapse_studies_are_ambiguous(trial: Path):
 
 
 def test_two_recurrence_structures_are_ambiguous(trial: Path):
-    pf = write_patient(trial / "a", "P")
+    pf = write_patient(trial / "P", "P")
     pf.relapse_rtstruct.unlink()
     write_rtstruct(pf.relapse_rtstruct, "P/rel", "P", pf.relapse_image.study_uid, "20211020",
                    ["Rec_CT", "rGTV_2"], referenced=pf.relapse_image)
@@ -169,7 +169,7 @@ def test_two_recurrence_structures_are_ambiguous(trial: Path):
 
 
 def test_mr_relapse_image_is_accepted(trial: Path):
-    pf = write_patient(trial / "a", "P", relapse_modality="MR")
+    pf = write_patient(trial / "P", "P", relapse_modality="MR")
     manifest, issues = _manifest(trial)
     assert issues.is_empty()
     img = manifest.filter(pl.col("role") == "relapse_image").row(0, named=True)
@@ -177,7 +177,7 @@ def test_mr_relapse_image_is_accepted(trial: Path):
 
 
 def test_relapse_image_found_by_frame_of_reference(trial: Path):
-    pf = write_patient(trial / "a", "P", relapse_modality="MR")
+    pf = write_patient(trial / "P", "P", relapse_modality="MR")
     pf.relapse_rtstruct.unlink()
     write_rtstruct(pf.relapse_rtstruct, "P/rel", "P", pf.relapse_image.study_uid, "20211020", ["Rec_CT"],
                    referenced=pf.relapse_image, reference_series=False)
@@ -188,7 +188,7 @@ def test_relapse_image_found_by_frame_of_reference(trial: Path):
 
 
 def test_series_files_are_sorted_by_position_not_name_or_number(trial: Path):
-    pf = write_patient(trial / "a", "P")
+    pf = write_patient(trial / "P", "P")
     # rename the planning slices so that name order is the reverse of position order
     paths = pf.planning_ct.paths
     for i, p in enumerate(paths):
@@ -202,9 +202,9 @@ def test_series_files_are_sorted_by_position_not_name_or_number(trial: Path):
 
 
 def test_fingerprints_follow_the_files(trial: Path):
-    pf = write_patient(trial / "a", "P")
-    write_patient(trial / "b", "Q")
-    extra = trial / "a" / "notes_ct"
+    pf = write_patient(trial / "P", "P")
+    write_patient(trial / "Q", "Q")
+    extra = trial / "P" / "notes_ct"
     write_image_series(extra, "P/scout", "P", uid("P/scout-study"), uid("P/scout-for"), "20190101", n_slices=1)
     m1, _ = _manifest(trial)
     f1 = patient_fingerprints(catalog_folder(trial).files)

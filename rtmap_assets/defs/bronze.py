@@ -3,8 +3,8 @@
 import polars as pl
 
 import dagster as dg
-from rtmap_assets.dicom.catalog import catalog_folder
-from rtmap_assets.dicom.manifest import build_manifest
+from rtmap_assets.dicom.catalog import catalog_folder, subject_issues
+from rtmap_assets.dicom.manifest import ISSUES_SCHEMA, build_manifest
 from rtmap_assets.defs.metadata import md_table
 from rtmap_assets.defs.resources import RtmapPaths
 from rtmap_assets.pipeline.issues import issue_path, record_issues
@@ -41,6 +41,7 @@ def dicom_catalog(context: dg.AssetExecutionContext, paths: RtmapPaths):
         paths.raw_trial_dir(),
         previous_files=prev_files if prev_files.height else None,
         previous_rejects=prev_rejects if prev_rejects.height else None,
+        subject_key=paths.config().subject_key,  # rule 17: patient_id = trial subject ID
     )
     files_path = lake.write_cohort_table("dicom_files", result.files)
     rejects_path = lake.write_cohort_table("dicom_rejects", result.rejects)
@@ -80,9 +81,15 @@ def patient_manifest(context: dg.AssetExecutionContext, paths: RtmapPaths) -> dg
     lake = paths.lake
     files = lake.read_table("dicom_files")
     manifest, issues = build_manifest(files, paths.config())
+    # rule 17: files refused for their PatientID are an issue on the subject (named by hash only)
+    rule17 = subject_issues(lake.read_table("dicom_rejects"))
+    if rule17:
+        issues = pl.concat([issues, pl.DataFrame([{**r, "stage": "manifest"} for r in rule17], schema=ISSUES_SCHEMA)])
+    files_patients = pl.DataFrame({"patient_id": [r["patient_id"] for r in rule17]}, schema={"patient_id": pl.String})
     out = lake.write_cohort_table("patient_manifest", manifest)
     # Rewrite every patient's manifest issues so solved problems disappear from pipeline_issues.
     patients = set(files["patient_id"].drop_nulls().to_list()) if files.height else set()
+    patients |= set(files_patients["patient_id"].to_list())
     for old in lake.table_dir("pipeline_issues").glob("patient=*/stage=manifest.parquet"):
         patients.add(old.parent.name.removeprefix("patient="))
     for pid in sorted(patients):
