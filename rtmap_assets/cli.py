@@ -138,6 +138,22 @@ def _read_summary(duck: Path) -> list[dict] | None:
         return None
 
 
+def _locked(command: str, run):
+    """Run `run(args)` holding the data folder's lock; refuse with EXIT_LOCKED if another rtmap holds it."""
+
+    def wrapper(args: argparse.Namespace) -> int:
+        from rtmap_assets.housekeeping import DataDirLock, DataDirLocked
+
+        try:
+            with DataDirLock(Path(args.data_dir).resolve(), command):
+                return run(args)
+        except DataDirLocked as exc:
+            print(f"rtmap {command}: {exc}; not starting (exit code {EXIT_LOCKED})", file=sys.stderr)
+            return EXIT_LOCKED
+
+    return wrapper
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     data_dir = Path(args.data_dir).resolve()
     if args.fresh and data_dir.exists():
@@ -305,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "synth":
         return _cmd_synth(argv[1:])
     args = parser.parse_args(argv)
-    return {"demo": _cmd_demo, "ui": _cmd_ui}[args.command](args)
+    return {"demo": _locked("demo", _cmd_demo), "ui": _locked("ui", _cmd_ui)}[args.command](args)
 
 
 if __name__ == "__main__":

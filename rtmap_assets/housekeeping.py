@@ -122,3 +122,57 @@ def wait_for_pool(instance, pool: str, *, say: Callable[[str], None] = print, po
         reap_dead_runs(instance)
         time.sleep(poll_s)
     return time.monotonic() - t0
+
+
+# ----------------------------------------------------------------------------------------------
+# One writer per data folder
+# ----------------------------------------------------------------------------------------------
+
+LOCK_NAME = ".rtmap.lock"
+
+
+class DataDirLocked(RuntimeError):
+    """Another rtmap process holds the data folder; the message says which."""
+
+
+class DataDirLock:
+    """An exclusive `flock` on `<data>/.rtmap.lock`, held for the life of one CLI command.
+
+    The kernel drops the lock when the process dies (even by SIGKILL), so a stale lock cannot wedge
+    the next run; the file's text (pid, host, command, start time) only tells a refused user who
+    holds it.
+    """
+
+    def __init__(self, data_dir, command: str):
+        from pathlib import Path
+
+        self.path = Path(data_dir) / LOCK_NAME
+        self.command = command
+        self._fh = None
+
+    def __enter__(self) -> "DataDirLock":
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(self.path, "a+")
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "another process (starting up)"
+            fh.close()
+            raise DataDirLocked(f"data folder {self.path.parent} is in use by {holder}") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"rtmap {self.command} (pid {os.getpid()} on {os.uname().nodename}, since "
+                 f"{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())})\n")
+        fh.flush()
+        self._fh = fh
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._fh is not None:
+            self._fh.seek(0)
+            self._fh.truncate()
+            self._fh.close()  # closing releases the flock
+            self._fh = None

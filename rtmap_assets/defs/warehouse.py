@@ -4,6 +4,7 @@ The dbt sources are the lake tables the other assets write, so the dbt models si
 them in one graph and follow them by declarative automation.
 """
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -64,11 +65,69 @@ def dbt_run_target(paths: RtmapPaths, run_id: str) -> Path:
     return runs / run_id
 
 
+def staging_parents_args(context: dg.AssetExecutionContext) -> list[str] | None:
+    """dbt args building the upstream models of a partial selection (not the selection itself).
+
+    dagster-dbt runs exactly the selected models; in a DuckDB file where a full build never ran, their
+    staging parents do not exist yet. None for a full build.
+    """
+    selected = sorted(k.path[-1] for k in context.selected_asset_keys if k.path[0] == "warehouse")
+    every = {k.path[-1] for k in context.assets_def.keys if k.path[0] == "warehouse"}
+    if not selected or set(selected) == every:
+        return None
+    return ["run", "--quiet", "--select", *(f"+{name}" for name in selected), "--exclude", *selected]
+
+
+@contextlib.contextmanager
+def swapped_duckdb(target: Path, run_id: str):
+    """Yield a private copy of `target` to build into, then os.replace it over `target`.
+
+    Builders are serialised by a lock file next to it (two cohort runs would otherwise each swap in
+    a copy lacking the other's models); readers are never waited for: an open reader keeps the old
+    inode. The copy replaces the target even after a failed build, as an in-place build would have
+    kept the models that did succeed.
+    """
+    import fcntl
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.with_name(target.name + ".build-lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        for stale in target.parent.glob(f".{target.name}.building-*"):  # left by a killed build
+            stale.unlink(missing_ok=True)
+        building = target.with_name(f".{target.name}.building-{run_id[:8]}")
+        if target.exists():
+            shutil.copy2(target, building)
+        try:
+            yield building
+        finally:
+            try:
+                if building.exists():
+                    with duckdb.connect(str(building)) as con:  # fold the WAL in before the swap
+                        con.execute("checkpoint")
+                    os.replace(building, target)  # copy2 kept the mode; a new file has the umask's
+            finally:
+                building.unlink(missing_ok=True)
+                building.with_name(building.name + ".wal").unlink(missing_ok=True)
+
+
 @dbt_assets(manifest=dbt_project.manifest_path, dagster_dbt_translator=LakeTranslator(), name="warehouse_models")
 def warehouse_models(context: dg.AssetExecutionContext, dbt: DbtCliResource, paths: RtmapPaths):
-    """Staging views and mart tables in data/rtmap.duckdb, with the YAML tests as asset checks."""
+    """Staging views and mart tables in data/rtmap.duckdb, with the YAML tests as asset checks.
+
+    dbt builds into a copy that replaces rtmap.duckdb atomically when done, so a statistician with
+    the file open keeps a consistent snapshot and never blocks the refresh (issue 10).
+    """
     _dbt_env(paths)
-    yield from dbt.cli(["build"], context=context, target_path=dbt_run_target(paths, context.run.run_id)).stream()
+    target = dbt_run_target(paths, context.run.run_id)
+    with swapped_duckdb(paths.duckdb_path, context.run.run_id) as building:
+        os.environ["RTMAP_DUCKDB"] = str(building)
+        try:
+            parents = staging_parents_args(context)
+            if parents:  # a partial selection (automation): first the models it reads, e.g. stg_pipeline_issues
+                dbt.cli(parents, manifest=dbt_project.manifest_path, target_path=target / "parents").wait()
+            yield from dbt.cli(["build"], context=context, target_path=target).stream()
+        finally:
+            os.environ["RTMAP_DUCKDB"] = str(paths.duckdb_path)
 
 
 @dg.asset(
