@@ -59,7 +59,9 @@ MANIFEST_SCHEMA: dict[str, pl.DataType] = {
     "series_instance_uid": pl.String(),
     "sop_instance_uid": pl.String(),  # single-file objects (RTSTRUCT, RTDOSE); null for series
     "frame_of_reference_uid": pl.String(),  # for an RTSTRUCT: that of the image it references
-    "study_date": pl.Date(),
+    # rule 17: days from the planning study (0 for planning roles, the relapse interval for relapse
+    # roles), never a calendar date; the dates stay in the bronze catalog only.
+    "days_from_planning": pl.Int64(),
     "n_files": pl.Int64(),
     "files": pl.List(pl.String()),  # catalog paths; image series sorted along the slice normal
     "reason": pl.String(),
@@ -379,15 +381,15 @@ def resolve_patient(p: _Patient, config: TrialConfig) -> list[dict[str, Any]]:
                     f"by {how_img}"),
         _object_row("relapse_rtstruct", rel_rs, img.for_uid, p.study_dates,
                     f"only RTSTRUCT with a recurrence structure in a study after planning: study "
-                    f"{rel_rs['study_instance_uid']} dated {_fmt_date(rel_date)} > planning "
-                    f"{planning_date.isoformat()}; structure '{rec_name}' (alias {rec_alias})",
+                    f"{rel_rs['study_instance_uid']} {(rel_date - planning_date).days} days after the planning "
+                    f"study; structure '{rec_name}' (alias {rec_alias})",
                     rec_name, rec_alias),
     ]
     chosen = [(path, size, mtime) for row in rows for path, size, mtime in row.pop("_entries")]
     fp = fingerprint(chosen)
     for row in rows:
         row.update(patient_id=p.patient_id, trial=p.trial, input_fingerprint=fp)
-    return [{k: row.get(k) for k in MANIFEST_SCHEMA} for row in rows]
+    return [{k: row.get(k) for k in (*MANIFEST_SCHEMA, "_study_date")} for row in rows]
 
 
 def _explain_no_planning(p: _Patient, cts: list[_Series],
@@ -427,7 +429,7 @@ def _series_row(role: str, s: _Series, study_dates: dict[str, date | None], reas
         "series_instance_uid": s.uid,
         "sop_instance_uid": None,
         "frame_of_reference_uid": s.for_uid,
-        "study_date": study_dates.get(s.study_uid or ""),
+        "_study_date": study_dates.get(s.study_uid or ""),  # → days_from_planning in build_manifest
         "n_files": len(s.rows),
         "files": sort_slices(s.rows),
         "reason": reason,
@@ -446,7 +448,7 @@ def _object_row(role: str, r: dict[str, Any], for_uid: str | None, study_dates: 
         "series_instance_uid": r["series_instance_uid"],
         "sop_instance_uid": r["sop_instance_uid"],
         "frame_of_reference_uid": for_uid,
-        "study_date": study_dates.get(r["study_instance_uid"] or ""),
+        "_study_date": study_dates.get(r["study_instance_uid"] or ""),  # → days_from_planning
         "n_files": 1,
         "files": [r["path"]],
         "reason": reason,
@@ -459,6 +461,16 @@ def _object_row(role: str, r: dict[str, Any], for_uid: str | None, study_dates: 
 # ----------------------------------------------------------------------------------------------
 # Whole cohort
 # ----------------------------------------------------------------------------------------------
+
+
+def _dates_to_intervals(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Replace each row's private `_study_date` by days from its patient's planning study (rule 17)."""
+    planning = {r["patient_id"]: r.get("_study_date") for r in rows if r["role"] == "planning_ct"}
+    out = []
+    for r in rows:
+        d, p = r.pop("_study_date", None), planning.get(r["patient_id"])
+        out.append({**r, "days_from_planning": (d - p).days if d is not None and p is not None else None})
+    return out
 
 
 def build_manifest(files: pl.DataFrame, config: TrialConfig) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -474,7 +486,7 @@ def build_manifest(files: pl.DataFrame, config: TrialConfig) -> tuple[pl.DataFra
                 rows.extend(resolve_patient(_patient_view(str(pid), part), config))
             except PatientDataError as err:
                 issues.append(err.as_issue(str(pid), STAGE))
-    manifest = pl.DataFrame(rows, schema=MANIFEST_SCHEMA)
+    manifest = pl.DataFrame(_dates_to_intervals(rows), schema=MANIFEST_SCHEMA)
     if manifest.height:
         order = {r: i for i, r in enumerate(ROLES)}
         manifest = manifest.sort(

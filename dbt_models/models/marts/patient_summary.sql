@@ -8,6 +8,11 @@ issues as (
     from {{ ref('stg_pipeline_issues') }}
     group by patient_id
 ),
+relapse as (  -- rule 17: the relapse interval, never the dates
+    select patient_id, days_from_planning as relapse_interval_days,
+           round(days_from_planning / 30.4375, 1) as relapse_interval_months
+    from {{ ref('stg_patient_manifest') }} where role = 'relapse_rtstruct'
+),
 patients as (
     select patient_id from {{ ref('stg_patient_manifest') }}
     union select patient_id from issues
@@ -22,6 +27,8 @@ select
     c.t_stage,
     c.age_group,
     c.months_to_relapse,
+    r.relapse_interval_days,
+    r.relapse_interval_months,
     h.uncertainty_mm,
     h.radius_mm,
     h.centroid_dose_gy,
@@ -44,3 +51,4 @@ left join high h using (patient_id)
 left join {{ ref('stg_registration_qc') }} q using (patient_id)
 left join {{ ref('stg_trial_covariates') }} c using (patient_id)
 left join issues i using (patient_id)
+left join relapse r using (patient_id)
