@@ -110,7 +110,7 @@ def test_rejects_with_reasons(trial_dir: Path):
     assert dict(res.rejects.schema) == REJECTS_SCHEMA
     reasons = {Path(p).name: r for p, r in res.rejects.select("path", "reason").iter_rows()}
     assert reasons["notes.txt"] == "not a DICOM file (no DICM preamble)"
-    assert reasons["empty.dcm"] == "not a DICOM file (no DICM preamble)"
+    assert reasons["empty.dcm"] == "empty file (0 bytes; an export still being copied?)"
     assert reasons["cut.dcm"].startswith("unreadable DICOM: truncated pixel data")
     assert reasons["nosop.dcm"] == "missing SOPInstanceUID"
     assert reasons["nopid.dcm"] == "missing PatientID"

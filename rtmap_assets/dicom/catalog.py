@@ -107,6 +107,8 @@ NO_EXPORT_CODE = "NO_EXPORT_FOLDER"  # subject_key folder: the file lies directl
 SUBJECT_CODES = (MISMATCH_CODE, UNMAPPED_CODE, NO_EXPORT_CODE)
 SALT_FILE = ".rtmap_subject_salt"
 IO_REASON_PREFIX = "unreadable file: "
+NAME_REASON = "file name is not valid UTF-8 (shown escaped); rename the file"
+EMPTY_REASON = "empty file (0 bytes; an export still being copied?)"
 DICOMDIR_CLASS = "1.2.840.10008.1.3.10"
 
 # Top-level tags read from each file. Nothing else is parsed (privacy and speed).
@@ -684,6 +686,14 @@ def _walk(trial_dir: Path, raw_root: Path) -> Iterator[_Listed]:
                 yield _Listed(rel, e.path, st.st_size, st.st_mtime_ns)
 
 
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _export_of(rel: str) -> str | None:
     parts = rel.split("/")
     return parts[1] if len(parts) > 2 else None
@@ -826,6 +836,15 @@ def catalog_folder(raw_trial_dir: str | Path, previous_files: pl.DataFrame | Non
     if not trial_dir.is_dir():
         log.warning("raw trial folder %s does not exist; empty catalog", trial_dir)
 
+    # A file name that is not valid UTF-8 (e.g. Latin-1 from an old PACS) cannot be a table string:
+    # it becomes a reject under an escaped name instead of failing the whole catalog.
+    bad_names = [rel for rel in listed if not _utf8(rel)]
+    name_rejects = [{"path": rel.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace"),
+                     "trial": trial, "size_bytes": listed[rel].size, "mtime_ns": listed[rel].mtime_ns,
+                     "reason": NAME_REASON, "rejected_at": now} for rel in bad_names]
+    for rel in bad_names:
+        del listed[rel]
+
     prev_files = _usable_previous(previous_files, FILES_SCHEMA, trial, "dicom_files")
     prev_rejects = _usable_previous(previous_rejects, REJECTS_SCHEMA, trial, "dicom_rejects")
 
@@ -853,12 +872,16 @@ def catalog_folder(raw_trial_dir: str | Path, previous_files: pl.DataFrame | Non
         reused_rejects.append(same)
         reused_paths.update(same["path"].to_list())
 
-    to_read = sorted(p for p in listed if p not in reused_paths)
+    to_read = sorted(p for p in listed if p not in reused_paths and listed[p].size > 0)
     results = _read_all([listed[p].abs for p in to_read], workers)
+    # A zero-byte file is its own reject reason (often a copy still in progress), not "not DICOM".
+    empty = sorted(p for p in listed if p not in reused_paths and listed[p].size == 0)
+    to_read += empty
+    results += [(listed[p].abs, None, EMPTY_REASON) for p in empty]
 
     salt = salt if salt is not None else subject_salt(raw_root.parent)
     new_rows: list[dict[str, Any]] = []
-    new_rejects: list[dict[str, Any]] = []
+    new_rejects: list[dict[str, Any]] = list(name_rejects)
     for rel, (_, row, reason) in zip(to_read, results):
         f = listed[rel]
         base = {"path": rel, "trial": trial, "size_bytes": f.size, "mtime_ns": f.mtime_ns}
