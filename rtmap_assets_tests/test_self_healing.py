@@ -95,3 +95,12 @@ def test_sigkill_during_patient_run_then_plain_demo_completes(tmp_path):
     with dg.DagsterInstance.from_config(str(data / "dagster_home")) as instance:
         assert instance.get_run_by_id(held).status == dg.DagsterRunStatus.FAILURE
         assert not instance.event_log_storage.get_concurrency_info("rtmap_patient_heavy").active_run_ids
+
+    # rule 17 on the whole folder the demo left: no name, birth date or study date outside bronze
+    from rtmap_assets_tests.privacy_scan import identifiers, scan
+
+    wanted = identifiers(data / "raw" / "SYNTH-HN")
+    assert wanted["name"] and wanted["birth_date"] and wanted["study_date"]  # the scan looks for something
+    findings = scan(data, wanted)
+    print("privacy findings:", findings)
+    assert findings == []

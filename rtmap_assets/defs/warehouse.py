@@ -72,10 +72,9 @@ def staging_parents_args(context: dg.AssetExecutionContext) -> list[str] | None:
     staging parents do not exist yet. None for a full build.
     """
     selected = sorted(k.path[-1] for k in context.selected_asset_keys if k.path[0] == "warehouse")
-    every = {k.path[-1] for k in context.assets_def.keys if k.path[0] == "warehouse"}
-    if not selected or set(selected) == every:
+    if not selected or not context.is_subset:  # (assets_def is itself subsetted: compare nothing to it)
         return None
-    return ["run", "--quiet", "--select", *(f"+{name}" for name in selected), "--exclude", *selected]
+    return ["run", "--select", *(f"+{name}" for name in selected), "--exclude", *selected]
 
 
 @contextlib.contextmanager
@@ -124,7 +123,13 @@ def warehouse_models(context: dg.AssetExecutionContext, dbt: DbtCliResource, pat
         try:
             parents = staging_parents_args(context)
             if parents:  # a partial selection (automation): first the models it reads, e.g. stg_pipeline_issues
-                dbt.cli(parents, manifest=dbt_project.manifest_path, target_path=target / "parents").wait()
+                # plain dbt, not dbt.cli: dagster-dbt would rewrite the selection to its own asset subset
+                done = subprocess.run([DBT_EXECUTABLE, *parents, "--project-dir", str(DBT_DIR), "--profiles-dir",
+                                       str(DBT_DIR), "--target-path", str(target / "parents"), "--log-path",
+                                       str(target / "parents")], capture_output=True, text=True, env=os.environ.copy())
+                if done.returncode:
+                    raise dg.Failure(f"dbt could not build the upstream models of the selection {parents}: "
+                                     f"{(done.stdout + done.stderr)[-2000:]}")
             yield from dbt.cli(["build"], context=context, target_path=target).stream()
         finally:
             os.environ["RTMAP_DUCKDB"] = str(paths.duckdb_path)
