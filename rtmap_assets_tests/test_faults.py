@@ -45,6 +45,7 @@ _WRITER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # ~20 s on the loaded 2-core machine: four writer processes
 def test_sigkill_during_parquet_writes_leaves_old_or_new_never_partial(tmp_path):
     out = tmp_path / "lake" / "t" / "patient=P" / "part-0.parquet"
     for trial in range(4):
