@@ -70,3 +70,14 @@ def test_a_failed_write_leaves_the_old_file(tmp_path):
         atomic_write(target, boom)
     assert pl.read_parquet(target)["a"].to_list() == [1]
     assert [p.name for p in tmp_path.iterdir()] == ["x.parquet"]
+
+
+def test_stale_temporaries_of_a_killed_writer_are_removed_by_the_next_write(tmp_path):
+    target = tmp_path / "part-0.parquet"
+    stale = tmp_path / ".part-0.parquet.abc123.tmp"  # what a SIGKILL mid-write leaves
+    fresh = tmp_path / ".part-0.parquet.def456.tmp"  # a write in progress right now
+    stale.write_bytes(b"PAR1 partial")
+    fresh.write_bytes(b"PAR1 partial")
+    os.utime(stale, (0, 0))
+    write_parquet(pl.DataFrame({"a": [1]}), target)
+    assert not stale.exists() and fresh.exists()

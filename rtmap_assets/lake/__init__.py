@@ -6,8 +6,10 @@ reader (DuckDB, a statistician, the next asset) never sees half a file.
 
 from __future__ import annotations
 
+import glob
 import os
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -51,7 +53,22 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
+    _remove_stale_temporaries(path)
     return path
+
+
+STALE_TMP_S = 3600.0
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    """Temporary files of `path` left by a killed writer (older than an hour: not a live write)."""
+    now = time.time()
+    for old in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        try:
+            if now - old.stat().st_mtime > STALE_TMP_S:
+                old.unlink()
+        except OSError:
+            pass
 
 
 def write_parquet(df: pl.DataFrame, path: Path) -> Path:
