@@ -101,6 +101,26 @@ class DoseStatistics(_Strict):
     bin_width_gy: float = Field(0.01, gt=0)
 
 
+class SubjectKey(_Strict):
+    """Rule 17: where the trial subject ID (`patient_id` in every table) comes from.
+
+    `folder`: the export folder name under data/raw/<trial>/ (catalog column `export`).
+    `mapping`: a CSV file with columns `patient_id,subject_id` (DICOM PatientID → trial subject ID);
+    a relative path is taken from the current directory. Either way each file's PatientID is checked
+    (one PatientID per export; with a mapping, every file of an export maps to one subject) and the
+    raw PatientID is never stored.
+    """
+
+    source: Literal["folder", "mapping"] = "folder"
+    mapping_file: str | None = None
+
+    @model_validator(mode="after")
+    def _mapping_named(self) -> "SubjectKey":
+        if self.source == "mapping" and not self.mapping_file:
+            raise ValueError("source 'mapping' needs mapping_file")
+        return self
+
+
 class TrialConfig(_Strict):
     trial: str = Field(..., min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     arms: dict[str, tuple[float, float, float]] = Field(
@@ -115,6 +135,7 @@ class TrialConfig(_Strict):
     qc: QC = QC()
     probability: Probability = Probability()
     dose_statistics: DoseStatistics = DoseStatistics()
+    subject_key: SubjectKey = SubjectKey()
 
     @field_validator("arms")
     @classmethod

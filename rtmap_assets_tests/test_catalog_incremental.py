@@ -73,14 +73,14 @@ def test_changed_added_and_deleted_files(tmp_path: Path):
 def test_duplicate_resolution_is_redone(tmp_path: Path):
     d = _setup(tmp_path)
     rs = d / "e1" / "planning" / "rs" / "RS.dcm"
-    copy = d / "e2" / "copy_of_RS.dcm"
+    copy = d / "e1" / "zz_copy_of_RS.dcm"  # same export: another export would be a PATIENT_ID_MISMATCH
     shutil.copy(rs, copy)
     first = catalog_folder(d)
     assert first.rejects.filter(pl.col("reason").str.starts_with("duplicate"))["path"].to_list() == [
-        "TRIAL-X/e2/copy_of_RS.dcm"]
+        "TRIAL-X/e1/zz_copy_of_RS.dcm"]
     rs.unlink()  # the kept file goes away: the copy must take its place
     res = catalog_folder(d, first.files, first.rejects)
-    assert "TRIAL-X/e2/copy_of_RS.dcm" in res.files["path"].to_list()
+    assert "TRIAL-X/e1/zz_copy_of_RS.dcm" in res.files["path"].to_list()
     assert not res.rejects["reason"].str.starts_with("duplicate").any()
 
 

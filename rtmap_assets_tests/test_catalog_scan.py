@@ -51,7 +51,8 @@ def test_catalog_columns_and_values(trial_dir: Path):
     ct = _row(files, "planning/ct/CT002.dcm")
     assert ct["path"] == "TRIAL-X/export-1/planning/ct/CT002.dcm"  # relative to the raw root
     assert resolve_path(trial_dir.parent, ct["path"]).is_file()
-    assert ct["trial"] == "TRIAL-X" and ct["export"] == "export-1" and ct["patient_id"] == "SUBJ-1"
+    # rule 17: the subject is the export folder; the PatientID (SUBJ-1) is never stored
+    assert ct["trial"] == "TRIAL-X" and ct["export"] == "export-1" and ct["patient_id"] == "export-1"
     assert ct["modality"] == "CT" and ct["study_date"] == dt.date(2020, 1, 10)
     assert ct["image_position_patient"] == [-8.0, -8.0, -5.0]
     assert ct["image_orientation_patient"] == [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
@@ -245,7 +246,7 @@ def test_non_utf8_names_are_rejects_and_the_rest_is_catalogued(trial_dir: Path):
     assert reasons["TRIAL-X/export-1/caf\\xe9.dcm"].startswith("name is not valid UTF-8 (file)")
     assert reasons["TRIAL-X/export-1/r\\xe9sultats"].startswith("name is not valid UTF-8 (folder")
     assert len(reasons) == 2
-    assert res.files.height == 11 and res.files["patient_id"].unique().to_list() == ["SUBJ-1"]
+    assert res.files.height == 11 and res.files["patient_id"].unique().to_list() == ["export-1"]  # rule 17
 
 
 def test_zero_byte_file_and_broken_link_have_their_own_reasons(trial_dir: Path):

@@ -23,7 +23,7 @@ def _break_patient(data_dir, trial="SYNTH-HN"):
 
     raw = data_dir / "raw" / trial
     src = sorted(raw.iterdir())[0]
-    dst = raw / "broken-export"
+    dst = raw / "SYN-BROKEN"  # rule 17: the export folder names the subject
     shutil.copytree(src, dst)
     for f in [p for p in dst.rglob("*") if p.is_file()]:
         ds = pydicom.dcmread(f)

@@ -48,7 +48,7 @@ def trial(tmp_path: Path) -> Path:
 
 
 def test_complete_patient_has_five_roles_with_reasons(trial: Path):
-    pf = write_patient(trial / "exp", "P1")
+    pf = write_patient(trial / "P1", "P1")
     manifest, issues = _manifest(trial)
     assert issues.is_empty()
     assert dict(manifest.schema) == MANIFEST_SCHEMA
@@ -58,18 +58,18 @@ def test_complete_patient_has_five_roles_with_reasons(trial: Path):
     ct = rows["planning_ct"]
     assert (ct["modality"], ct["n_files"], ct["series_instance_uid"]) == ("CT", 4, pf.planning_ct.series_uid)
     assert ct["frame_of_reference_uid"] == pf.planning_ct.for_uid and ct["sop_instance_uid"] is None
-    assert ct["study_date"] == dt.date(2020, 1, 10)
+    assert ct["days_from_planning"] == 0 and rows["relapse_rtstruct"]["days_from_planning"] == (dt.date(2021, 10, 20) - dt.date(2020, 1, 10)).days
     assert "RD.dcm" in ct["reason"] and "CTV_65" in ct["reason"] and "*CTV*65*" in ct["reason"]
 
     rs = rows["planning_rtstruct"]
     assert (rs["matched_structure"], rs["matched_alias"]) == ("CTV_65", "*CTV*65*")
-    assert rs["files"] == ["T1/exp/planning/rs/RS.dcm"] and rs["sop_instance_uid"]
-    assert rows["planning_rtdose"]["files"] == ["T1/exp/planning/rd/RD.dcm"]
+    assert rs["files"] == ["T1/P1/planning/rs/RS.dcm"] and rs["sop_instance_uid"]
+    assert rows["planning_rtdose"]["files"] == ["T1/P1/planning/rd/RD.dcm"]
     assert "PLAN" in rows["planning_rtdose"]["reason"]
 
     rel = rows["relapse_rtstruct"]
     assert (rel["matched_structure"], rel["matched_alias"]) == ("Rec_CT", "Rec_CT")
-    assert "2021-10-20" in rel["reason"] and "2020-01-10" in rel["reason"]
+    assert "649 days after the planning study" in rel["reason"] and "2021" not in rel["reason"]  # rule 17
     img = rows["relapse_image"]
     assert (img["modality"], img["series_instance_uid"]) == ("CT", pf.relapse_image.series_uid)
     assert img["frame_of_reference_uid"] == rel["frame_of_reference_uid"] == pf.relapse_image.for_uid
@@ -81,21 +81,21 @@ def test_complete_patient_has_five_roles_with_reasons(trial: Path):
 
 
 def test_missing_rtdose_is_explained_and_isolated(trial: Path):
-    write_patient(trial / "a", "GOOD")
-    write_patient(trial / "b", "NODOSE", with_dose=False)
+    write_patient(trial / "GOOD", "GOOD")
+    write_patient(trial / "NODOSE", "NODOSE", with_dose=False)
     manifest, issues = _manifest(trial)
     assert dict(issues.schema) == ISSUES_SCHEMA
     assert manifest["patient_id"].unique().to_list() == ["GOOD"] and manifest.height == 5
     issue = _issue(issues, "NODOSE")
     assert (issue["stage"], issue["code"]) == ("manifest", "NO_RTDOSE")
-    assert "no RTDOSE" in issue["message"] and issue["file"].startswith("T1/b/")
+    assert "no RTDOSE" in issue["message"] and issue["file"].startswith("T1/NODOSE/")
 
 
 def test_two_ct_series_on_the_dose_frame_are_ambiguous(trial: Path):
-    pf = write_patient(trial / "a", "P", with_dose=True)
+    pf = write_patient(trial / "P", "P", with_dose=True)
     # a second CT series in the planning frame of reference, and a structure set that names
     # only the frame of reference: nothing tells which series the CTVs were drawn on
-    write_image_series(trial / "a" / "planning" / "ct2", "P/ct2", "P", pf.planning_ct.study_uid,
+    write_image_series(trial / "P" / "planning" / "ct2", "P/ct2", "P", pf.planning_ct.study_uid,
                        pf.planning_ct.for_uid, "20200110")
     (pf.planning_rtstruct).unlink()
     write_rtstruct(pf.planning_rtstruct, "P/plan", "P", pf.planning_ct.study_uid, "20200110",
@@ -108,8 +108,8 @@ def test_two_ct_series_on_the_dose_frame_are_ambiguous(trial: Path):
 
 
 def test_series_reference_resolves_a_shared_frame(trial: Path):
-    pf = write_patient(trial / "a", "P")
-    extra = write_image_series(trial / "a" / "planning" / "ct2", "P/ct2", "P", pf.planning_ct.study_uid,
+    pf = write_patient(trial / "P", "P")
+    extra = write_image_series(trial / "P" / "planning" / "ct2", "P/ct2", "P", pf.planning_ct.study_uid,
                                pf.planning_ct.for_uid, "20200110")
     manifest, issues = _manifest(trial)
     assert issues.is_empty()
@@ -119,13 +119,13 @@ def test_series_reference_resolves_a_shared_frame(trial: Path):
 
 
 def test_two_candidate_planning_series_are_ambiguous(trial: Path):
-    write_patient(trial / "a", "P")
+    write_patient(trial / "P", "P")
     # a re-plan: another CT, CTV structure set and dose on a new frame of reference
     study, for_uid = uid("P/replan-study"), uid("P/replan-for")
-    ser = write_image_series(trial / "a" / "replan" / "ct", "P/replan", "P", study, for_uid, "20200301")
-    rs = write_rtstruct(trial / "a" / "replan" / "RS.dcm", "P/replan", "P", study, "20200301",
+    ser = write_image_series(trial / "P" / "replan" / "ct", "P/replan", "P", study, for_uid, "20200301")
+    rs = write_rtstruct(trial / "P" / "replan" / "RS.dcm", "P/replan", "P", study, "20200301",
                         ["CTV_60"], referenced=ser)
-    write_rtdose(trial / "a" / "replan" / "RD.dcm", "P/replan", "P", study, "20200301", for_uid, rtstruct_sop=rs)
+    write_rtdose(trial / "P" / "replan" / "RD.dcm", "P/replan", "P", study, "20200301", for_uid, rtstruct_sop=rs)
     manifest, issues = _manifest(trial)
     assert manifest.is_empty()
     assert _issue(issues, "P")["code"] == "AMBIGUOUS_PLANNING_CT"
@@ -133,10 +133,10 @@ def test_two_candidate_planning_series_are_ambiguous(trial: Path):
 
 @pytest.mark.parametrize("relapse_date", [None, "20200110"])
 def test_no_later_study(trial: Path, relapse_date):
-    write_patient(trial / "a", "P", relapse_date=relapse_date)
+    write_patient(trial / "P", "P", relapse_date=relapse_date)
     manifest, issues = _manifest(trial)
     issue = _issue(issues, "P")
-    assert issue["code"] == "NO_RELAPSE_STUDY" and "2020-01-10" in issue["message"]
+    assert issue["code"] == "NO_RELAPSE_STUDY" and "+0 days from planning" in issue["message"] and "2020" not in issue["message"]
     # refused only for its relapse: the planning roles it resolved stay, marked incomplete
     assert manifest["role"].to_list() == ["planning_ct", "planning_rtstruct", "planning_rtdose"]
     assert manifest["complete"].to_list() == [False] * 3 and complete_rows(manifest).is_empty()
@@ -144,7 +144,7 @@ def test_no_later_study(trial: Path, relapse_date):
 
 
 def test_later_study_without_recurrence_structure(trial: Path):
-    write_patient(trial / "a", "P", recurrence_name="GTV_new")
+    write_patient(trial / "P", "P", recurrence_name="GTV_new")
     manifest, issues = _manifest(trial)
     issue = _issue(issues, "P")
     assert issue["code"] == "NO_RECURRENCE_STRUCTURE"
@@ -152,22 +152,22 @@ def test_later_study_without_recurrence_structure(trial: Path):
 
 
 def test_two_relapse_studies_are_ambiguous(trial: Path):
-    pf = write_patient(trial / "a", "P")
+    pf = write_patient(trial / "P", "P")
     study, for_uid = uid("P/second-study"), uid("P/second-for")
-    ser = write_image_series(trial / "a" / "second" / "mr", "P/second", "P", study, for_uid, "20220505",
+    ser = write_image_series(trial / "P" / "second" / "mr", "P/second", "P", study, for_uid, "20220505",
                              modality="MR")
-    write_rtstruct(trial / "a" / "second" / "RS.dcm", "P/second", "P", study, "20220505", ["rGTV"],
+    write_rtstruct(trial / "P" / "second" / "RS.dcm", "P/second", "P", study, "20220505", ["rGTV"],
                    referenced=ser)
     manifest, issues = _manifest(trial)
     assert manifest["role"].to_list() == ["planning_ct", "planning_rtstruct", "planning_rtdose"]
     assert not any(manifest["complete"])
     issue = _issue(issues, "P")
-    assert issue["code"] == "AMBIGUOUS_RELAPSE" and "2022-05-05" in issue["message"]
+    assert issue["code"] == "AMBIGUOUS_RELAPSE" and "+846 days from planning" in issue["message"] and "2022" not in issue["message"]
     assert str(pf.relapse_rtstruct.relative_to(trial.parent)) in issue["message"]
 
 
 def test_two_recurrence_structures_are_ambiguous(trial: Path):
-    pf = write_patient(trial / "a", "P")
+    pf = write_patient(trial / "P", "P")
     pf.relapse_rtstruct.unlink()
     write_rtstruct(pf.relapse_rtstruct, "P/rel", "P", pf.relapse_image.study_uid, "20211020",
                    ["Rec_CT", "rGTV_2"], referenced=pf.relapse_image)
@@ -177,7 +177,7 @@ def test_two_recurrence_structures_are_ambiguous(trial: Path):
 
 
 def test_mr_relapse_image_is_accepted(trial: Path):
-    pf = write_patient(trial / "a", "P", relapse_modality="MR")
+    pf = write_patient(trial / "P", "P", relapse_modality="MR")
     manifest, issues = _manifest(trial)
     assert issues.is_empty()
     img = manifest.filter(pl.col("role") == "relapse_image").row(0, named=True)
@@ -185,7 +185,7 @@ def test_mr_relapse_image_is_accepted(trial: Path):
 
 
 def test_relapse_image_found_by_frame_of_reference(trial: Path):
-    pf = write_patient(trial / "a", "P", relapse_modality="MR")
+    pf = write_patient(trial / "P", "P", relapse_modality="MR")
     pf.relapse_rtstruct.unlink()
     write_rtstruct(pf.relapse_rtstruct, "P/rel", "P", pf.relapse_image.study_uid, "20211020", ["Rec_CT"],
                    referenced=pf.relapse_image, reference_series=False)
@@ -196,7 +196,7 @@ def test_relapse_image_found_by_frame_of_reference(trial: Path):
 
 
 def test_series_files_are_sorted_by_position_not_name_or_number(trial: Path):
-    pf = write_patient(trial / "a", "P")
+    pf = write_patient(trial / "P", "P")
     # rename the planning slices so that name order is the reverse of position order
     paths = pf.planning_ct.paths
     for i, p in enumerate(paths):
@@ -210,9 +210,9 @@ def test_series_files_are_sorted_by_position_not_name_or_number(trial: Path):
 
 
 def test_fingerprints_follow_the_files(trial: Path):
-    pf = write_patient(trial / "a", "P")
-    write_patient(trial / "b", "Q")
-    extra = trial / "a" / "notes_ct"
+    pf = write_patient(trial / "P", "P")
+    write_patient(trial / "Q", "Q")
+    extra = trial / "P" / "notes_ct"
     write_image_series(extra, "P/scout", "P", uid("P/scout-study"), uid("P/scout-for"), "20190101", n_slices=1)
     m1, _ = _manifest(trial)
     f1 = patient_fingerprints(catalog_folder(trial).files)
@@ -246,7 +246,7 @@ def test_empty_catalog_gives_empty_tables_with_schema(trial: Path):
 
 
 def test_missing_relapse_image_keeps_the_four_roles_found(trial: Path):
-    pf = write_patient(trial / "a", "P")
+    pf = write_patient(trial / "P", "P")
     for path in pf.relapse_image.paths:
         path.unlink()
     manifest, issues = _manifest(trial)
@@ -259,7 +259,7 @@ def test_missing_relapse_image_keeps_the_four_roles_found(trial: Path):
 
 
 def test_one_slice_ct_is_not_a_planning_ct(trial: Path):
-    write_patient(trial / "a", "P", n_slices=1)
+    write_patient(trial / "P", "P", n_slices=1)
     manifest, issues = _manifest(trial)
     issue = _issue(issues, "P")
     assert issue["code"] == "PLANNING_CT_ONE_SLICE" and "1 files" in issue["message"]
@@ -267,8 +267,8 @@ def test_one_slice_ct_is_not_a_planning_ct(trial: Path):
 
 
 def test_one_slice_scout_beside_the_planning_ct_is_ignored(trial: Path):
-    pf = write_patient(trial / "a", "P")
-    scout = write_image_series(trial / "a" / "planning" / "scout", "P/scout", "P", pf.planning_ct.study_uid,
+    pf = write_patient(trial / "P", "P")
+    scout = write_image_series(trial / "P" / "planning" / "scout", "P/scout", "P", pf.planning_ct.study_uid,
                                pf.planning_ct.for_uid, "20200110", n_slices=1)
     manifest, issues = _manifest(trial)
     assert issues.is_empty()
@@ -278,30 +278,30 @@ def test_one_slice_scout_beside_the_planning_ct_is_ignored(trial: Path):
 
 
 def test_empty_planning_rtstruct_is_said_to_be_empty(trial: Path):
-    pf = write_patient(trial / "a", "P", relapse_date=None)
+    pf = write_patient(trial / "P", "P", relapse_date=None)
     pf.planning_rtstruct.unlink()
     write_rtstruct(pf.planning_rtstruct, "P/plan", "P", pf.planning_ct.study_uid, "20200110", [],
                    referenced=pf.planning_ct)
     _, issues = _manifest(trial)
     issue = _issue(issues, "P")
-    assert issue["code"] == "RTSTRUCT_EMPTY" and "T1/a/planning/rs/RS.dcm" in issue["message"]
-    assert issue["file"] == "T1/a/planning/rs/RS.dcm"
+    assert issue["code"] == "RTSTRUCT_EMPTY" and "T1/P/planning/rs/RS.dcm" in issue["message"]
+    assert issue["file"] == "T1/P/planning/rs/RS.dcm"
 
 
 def test_empty_relapse_rtstruct_is_said_to_be_empty_and_planning_rows_stay(trial: Path):
-    pf = write_patient(trial / "a", "P")
+    pf = write_patient(trial / "P", "P")
     pf.relapse_rtstruct.unlink()
     write_rtstruct(pf.relapse_rtstruct, "P/rel", "P", pf.relapse_image.study_uid, "20211020", [],
                    referenced=pf.relapse_image)
     manifest, issues = _manifest(trial)
     issue = _issue(issues, "P")
     assert issue["code"] == "RTSTRUCT_EMPTY" and "no ROI" in issue["message"]
-    assert "T1/a/relapse/rs/RS.dcm" in issue["message"]
+    assert "T1/P/relapse/rs/RS.dcm" in issue["message"]
     assert manifest["role"].to_list() == ["planning_ct", "planning_rtstruct", "planning_rtdose"]
 
 
 def test_dose_on_another_frame_of_reference_says_so(trial: Path):
-    pf = write_patient(trial / "a", "P")
+    pf = write_patient(trial / "P", "P")
     pf.planning_rtdose.unlink()
     write_rtdose(pf.planning_rtdose, "P/plan", "P", pf.planning_ct.study_uid, "20200110", uid("P/elsewhere"))
     manifest, issues = _manifest(trial)
@@ -312,7 +312,7 @@ def test_dose_on_another_frame_of_reference_says_so(trial: Path):
 
 
 def test_refused_dose_keeps_the_other_roles_and_relapse_is_still_resolved(trial: Path):
-    pf = write_patient(trial / "a", "P")
+    pf = write_patient(trial / "P", "P")
     pf.planning_rtdose.unlink()
     write_rtdose(pf.planning_rtdose, "P/plan", "P", pf.planning_ct.study_uid, "20200110", pf.planning_ct.for_uid,
                  units="RELATIVE")
@@ -323,8 +323,8 @@ def test_refused_dose_keeps_the_other_roles_and_relapse_is_still_resolved(trial:
 
 
 def test_incomplete_and_complete_patients_side_by_side(trial: Path):
-    write_patient(trial / "a", "GOOD")
-    write_patient(trial / "b", "NOREL", relapse_date=None)
+    write_patient(trial / "GOOD", "GOOD")
+    write_patient(trial / "NOREL", "NOREL", relapse_date=None)
     manifest, issues = _manifest(trial)
     assert issues["patient_id"].to_list() == ["NOREL"]
     assert complete_rows(manifest)["patient_id"].unique().to_list() == ["GOOD"]

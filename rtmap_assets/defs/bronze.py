@@ -3,8 +3,8 @@
 import polars as pl
 
 import dagster as dg
-from rtmap_assets.dicom.catalog import catalog_folder
-from rtmap_assets.dicom.manifest import build_manifest, complete_rows
+from rtmap_assets.dicom.catalog import catalog_folder, subject_issues
+from rtmap_assets.dicom.manifest import ISSUES_SCHEMA, build_manifest, complete_rows
 from rtmap_assets.defs.lake_io import read_upstream
 from rtmap_assets.defs.metadata import md_table
 from rtmap_assets.defs.resources import RtmapPaths, TrialSettings
@@ -44,6 +44,7 @@ def dicom_catalog(context: dg.AssetExecutionContext, paths: RtmapPaths, trial: T
         paths.raw_root / trial.config.trial,
         previous_files=prev_files if prev_files.height else None,
         previous_rejects=prev_rejects if prev_rejects.height else None,
+        subject_key=trial.config.subject_key,  # rule 17: patient_id = trial subject ID
     )
     files_path = lake.replace_all(DICOM_FILES, result.files)
     rejects_path = lake.replace_all(DICOM_REJECTS, result.rejects)
@@ -75,12 +76,12 @@ def dicom_catalog(context: dg.AssetExecutionContext, paths: RtmapPaths, trial: T
 @dg.multi_asset(
     specs=[
         dg.AssetSpec(
-            PATIENT_MANIFEST.name, deps=[DICOM_FILES.name],
+            PATIENT_MANIFEST.name, deps=[DICOM_FILES.name, DICOM_REJECTS.name],
             description="Roles per patient (planning CT / RTSTRUCT / RTDOSE, relapse image / RTSTRUCT) with the reason "
             "for each choice (rule 1). Missing or ambiguous roles become pipeline_issues rows, never a guess.",
             group_name=BRONZE, kinds={"parquet"}),
         dg.AssetSpec(
-            "manifest_issues", deps=[DICOM_FILES.name],
+            "manifest_issues", deps=[DICOM_FILES.name, DICOM_REJECTS.name],
             description="The manifest's pipeline_issues rows (stage 'manifest'): why a patient has no complete set "
             "of roles.", group_name=BRONZE, kinds={"parquet"}),
     ],
@@ -90,9 +91,14 @@ def patient_manifest(context: dg.AssetExecutionContext, paths: RtmapPaths, trial
     lake = paths.lake
     files = read_upstream(context, lake, DICOM_FILES)
     manifest, issues = build_manifest(files, trial.config)
+    # rule 17: files refused for their PatientID are an issue on the subject (named by hash only)
+    rule17 = subject_issues(read_upstream(context, lake, DICOM_REJECTS))
+    if rule17:
+        issues = pl.concat([issues, pl.DataFrame([{**r, "stage": "manifest"} for r in rule17], schema=ISSUES_SCHEMA)])
     out = lake.replace_all(PATIENT_MANIFEST, manifest)
     # Rewrite every patient's manifest issues so solved problems disappear from pipeline_issues.
     patients = set(files["patient_id"].drop_nulls().to_list()) | set(lake.patients_with_rows(PIPELINE_ISSUES))
+    patients |= {r["patient_id"] for r in rule17}
     for pid in sorted(patients):
         rows = issues.filter(pl.col("patient_id") == pid).to_dicts() if issues.height else []
         record_issues(lake, pid, "manifest", rows)

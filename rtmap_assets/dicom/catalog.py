@@ -16,7 +16,11 @@ Conventions
 * Dates are `pl.Date` (null when absent or malformed).
 * Privacy: only the tags in `_TAGS` (and the few nested ones in `_WANT`) are ever decoded, so
   PatientName, BirthDate, addresses, other IDs, institution and physician names are skipped
-  unread; PatientID (the trial subject ID) is the only patient tag kept.
+  unread. PatientID is read but never stored (rule 17): `patient_id` is the trial subject ID from
+  the declared source (`SubjectKey`: the export folder, or a mapping file), and `patient_id_hash`
+  a salted hash of the file's PatientID (salt in `<data>/.rtmap_subject_salt`, outside the lake)
+  used to check that every file of an export belongs to one subject; a file that does not is a
+  `PATIENT_ID_MISMATCH` reject, named by hash only.
 * Speed: pixel data is never read, and reading stops at the first element after the last wanted
   tag (for RTSTRUCT: at ROIContourSequence, so ContourData is never parsed). Headers are parsed
   by a small little-endian parser that decodes only the wanted tags (pydicom is the fallback for
@@ -61,7 +65,8 @@ FILES_SCHEMA: dict[str, pl.DataType] = {
     "export": pl.String(),
     "size_bytes": pl.Int64(),
     "mtime_ns": pl.Int64(),
-    "patient_id": pl.String(),
+    "patient_id": pl.String(),  # the trial subject ID (rule 17), never the raw DICOM PatientID
+    "patient_id_hash": pl.String(),  # salted hash of the file's PatientID, for the consistency check
     "study_instance_uid": pl.String(),
     "series_instance_uid": pl.String(),
     "sop_instance_uid": pl.String(),
@@ -99,7 +104,14 @@ REJECTS_SCHEMA: dict[str, pl.DataType] = {
 }
 
 DUPLICATE_REASON_PREFIX = "duplicate SOPInstanceUID of "
+# Rule 17 rejects: recomputed every run (they depend on the other files of the export and the mapping).
+MISMATCH_CODE = "PATIENT_ID_MISMATCH"  # the file's PatientID differs from its export's subject
+UNMAPPED_CODE = "PATIENT_ID_UNMAPPED"  # subject_key mapping: the PatientID is not in the mapping file
+NO_EXPORT_CODE = "NO_EXPORT_FOLDER"  # subject_key folder: the file lies directly in the trial folder
+SUBJECT_CODES = (MISMATCH_CODE, UNMAPPED_CODE, NO_EXPORT_CODE)
+SALT_FILE = ".rtmap_subject_salt"
 IO_REASON_PREFIX = "unreadable file: "
+EMPTY_REASON = "empty file (0 bytes): nothing to read (an export still being copied?)"
 DICOMDIR_CLASS = "1.2.840.10008.1.3.10"
 
 # Top-level tags read from each file. Nothing else is parsed (privacy and speed).
@@ -657,7 +669,7 @@ class _Listed:
     reject: str | None = None  # reason when the listing itself rules the entry out (never read)
 
 
-EMPTY_FILE_REASON = "empty file (0 bytes): nothing to read (an export still being copied?)"
+EMPTY_FILE_REASON = EMPTY_REASON  # one wording for a zero-byte file, wherever it is met
 NON_UTF8_REASON = "name is not valid UTF-8 ({what}); rename it so paths can be stored (bytes shown escaped)"
 SYMLINK_LOOP_REASON = "symbolic link loop: folder points back to its ancestor {target}; not followed"
 SYMLINK_SEEN_REASON = "folder already catalogued as {target} (reached again through a symbolic link); not read twice"
@@ -780,14 +792,102 @@ def _read_all(paths: list[str], workers: int) -> list[tuple[str, dict[str, Any] 
     return out
 
 
+def subject_salt(data_dir: str | Path) -> bytes:
+    """This deployment's secret salt for PatientID hashes (created once, mode 0600, outside the lake)."""
+    path = Path(data_dir) / SALT_FILE
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(os.urandom(16).hex().encode())
+    return path.read_bytes().strip()
+
+
+def hash_patient_id(raw: str, salt: bytes) -> str:
+    """Short salted hash of a raw PatientID: names it in messages without revealing it."""
+    import hashlib
+
+    return hashlib.blake2b(raw.strip().encode(), key=salt[:64], digest_size=6).hexdigest()
+
+
+def read_subject_mapping(path: str | Path, salt: bytes) -> dict[str, str]:
+    """Hashed PatientID → subject ID from a CSV with columns patient_id, subject_id."""
+    df = pl.read_csv(path, schema_overrides={"patient_id": pl.String, "subject_id": pl.String})
+    missing = {"patient_id", "subject_id"} - set(df.columns)
+    if missing:
+        raise ValueError(f"subject mapping {path}: missing column(s) {sorted(missing)}")
+    return {hash_patient_id(r, salt): s for r, s in zip(df["patient_id"], df["subject_id"]) if r and s}
+
+
+def assign_subjects(files: pl.DataFrame, subject_key: Any = None,
+                    mapping: dict[str, str] | None = None) -> tuple[pl.DataFrame, list[dict[str, Any]]]:
+    """Set `patient_id` to the trial subject ID; files that cannot belong to it become rejects.
+
+    folder (default): subject = export folder; the export's PatientID is its most frequent hash, other
+    files are PATIENT_ID_MISMATCH. mapping: subject = mapping[hash]; unknown → PATIENT_ID_UNMAPPED; in
+    an export mapping to several subjects the minority files are PATIENT_ID_MISMATCH.
+    Returns (files, reject rows as {path, reason}).
+    """
+    source = getattr(subject_key, "source", "folder")
+    if source == "mapping":
+        mapping = mapping or {}
+        files = files.with_columns(pl.col("patient_id_hash").replace_strict(mapping, default=None)
+                                   .alias("patient_id"))
+        bad = files.filter(pl.col("patient_id").is_null())
+        rejects = [{"path": p, "reason": f"{UNMAPPED_CODE}: PatientID #{h} is not in the subject mapping file"}
+                   for p, h in zip(bad["path"], bad["patient_id_hash"])]
+        key = "patient_id"
+    else:
+        files = files.with_columns(pl.col("export").alias("patient_id"))
+        bad = files.filter(pl.col("export").is_null())
+        rejects = [{"path": p, "reason": f"{NO_EXPORT_CODE}: file lies directly in the trial folder, so it has "
+                    "no export folder to name its subject"} for p in bad["path"]]
+        key = "patient_id_hash"
+    files = files.filter(pl.col("patient_id").is_not_null())
+    # Each export belongs to one subject: its most frequent value of `key` (ties: the smallest).
+    counts = files.group_by("export", key).len().sort(["export", "len", key], descending=[False, True, False])
+    major = counts.group_by("export", maintain_order=True).first().select("export", pl.col(key).alias("_major"))
+    files = files.join(major, on="export", how="left", nulls_equal=True)
+    odd = files.filter(pl.col(key) != pl.col("_major"))
+    for row in odd.iter_rows(named=True):
+        if source == "mapping":
+            what = f"maps to subject {row['patient_id']}, the rest of export {row['export']} to {row['_major']}"
+        else:
+            what = f"PatientID #{row['patient_id_hash']} differs from the rest of export {row['export']} (#{row['_major']})"
+        rejects.append({"path": row["path"], "reason": f"{MISMATCH_CODE}: {what}"})
+    return files.filter(pl.col(key) == pl.col("_major")).drop("_major"), rejects
+
+
+def subject_issues(rejects: pl.DataFrame) -> list[dict[str, Any]]:
+    """pipeline_issues rows (stage manifest) for rule-17 rejects, one per subject and code."""
+    if rejects.is_empty():
+        return []
+    rows = rejects.filter(pl.col("reason").str.contains(f"^({'|'.join(SUBJECT_CODES)}):"))
+    out: dict[tuple[str, str], dict[str, Any]] = {}
+    for path, reason in zip(rows["path"], rows["reason"]):
+        subject = _export_of(path)
+        code, msg = reason.split(": ", 1)
+        if subject is None:
+            continue
+        entry = out.setdefault((subject, code), {"patient_id": subject, "code": code, "message": msg,
+                                                 "file": path, "n": 0})
+        entry["n"] += 1
+    return [{**{k: v for k, v in e.items() if k != "n"},
+             "message": e["message"] + (f" (and {e['n'] - 1} more file(s))" if e["n"] > 1 else "")}
+            for e in out.values()]
+
+
 def catalog_folder(raw_trial_dir: str | Path, previous_files: pl.DataFrame | None = None,
                    previous_rejects: pl.DataFrame | None = None, *,
-                   workers: int = 1) -> CatalogResult:
+                   workers: int = 1, subject_key: Any = None, salt: bytes | None = None) -> CatalogResult:
     """Catalog `data/raw/<trial>/` (trial = the folder name), reusing unchanged previous rows.
 
     `workers` > 1 reads headers in that many forked processes. Opt-in: on the shared 2-core
     machine one process already does 2,500-10,000 files/s and 2 workers gained between -35 % and
     +20 % (benchmarks/catalog_benchmark.py); a pool pays on many-core machines with huge folders.
+
+    `subject_key` (`config.SubjectKey`, default: the export folder) says where `patient_id` comes
+    from; `salt` keys the PatientID hashes (default: `subject_salt(<data dir>)`, the raw root's parent).
     """
     t0 = time.perf_counter()
     # abspath, not resolve(): a symlinked trial folder keeps its own name as the trial.
@@ -821,16 +921,22 @@ def catalog_folder(raw_trial_dir: str | Path, previous_files: pl.DataFrame | Non
         reused_paths.update(same["path"].to_list())
     if prev_rejects is not None:
         known.update(prev_rejects["path"].to_list())
-        # Duplicate rejects depend on other files, I/O failures may be transient: re-read both.
+        # Duplicate and subject rejects depend on other files, I/O failures may be transient: re-read.
         stable = prev_rejects.filter(~pl.col("reason").str.starts_with(DUPLICATE_REASON_PREFIX),
-                                     ~pl.col("reason").str.starts_with(IO_REASON_PREFIX))
+                                     ~pl.col("reason").str.starts_with(IO_REASON_PREFIX),
+                                     ~pl.col("reason").str.contains(f"^({'|'.join(SUBJECT_CODES)}):"))
         same = stable.join(current, on=["path", "size_bytes", "mtime_ns"], how="semi")
         reused_rejects.append(same)
         reused_paths.update(same["path"].to_list())
 
-    to_read = sorted(p for p in listed if p not in reused_paths)
+    to_read = sorted(p for p in listed if p not in reused_paths and listed[p].size > 0)
     results = _read_all([listed[p].abs for p in to_read], workers)
+    # A zero-byte file is its own reject reason (often a copy still in progress), not "not DICOM".
+    empty = sorted(p for p in listed if p not in reused_paths and listed[p].size == 0)
+    to_read += empty
+    results += [(listed[p].abs, None, EMPTY_REASON) for p in empty]
 
+    salt = salt if salt is not None else subject_salt(raw_root.parent)
     new_rows: list[dict[str, Any]] = []
     new_rejects: list[dict[str, Any]] = []
     for rel, (_, row, reason) in zip(to_read, results):
@@ -839,11 +945,24 @@ def catalog_folder(raw_trial_dir: str | Path, previous_files: pl.DataFrame | Non
         if row is None:
             new_rejects.append({**base, "reason": reason, "rejected_at": now})
         else:
-            new_rows.append({**base, "export": _export_of(rel), **row})
+            # rule 17: the raw PatientID goes no further than this line; the subject is set below
+            raw_id = row.pop("patient_id")
+            if raw_id.strip() and raw_id.strip() in (row.get("series_description") or ""):  # free text
+                row["series_description"] = row["series_description"].replace(raw_id.strip(), "[PatientID]")
+            new_rows.append({**base, "export": _export_of(rel), **row,
+                             "patient_id": None, "patient_id_hash": hash_patient_id(raw_id, salt)})
 
     files = pl.concat(
         [*reused_files, pl.DataFrame(new_rows, schema=FILES_SCHEMA)], how="vertical"
     ).select(list(FILES_SCHEMA)).sort("path")
+    mapping = (read_subject_mapping(subject_key.mapping_file, salt)
+               if getattr(subject_key, "source", "folder") == "mapping" else None)
+    files, subject_rejects = assign_subjects(files, subject_key, mapping)
+    by_path = {f: listed[f] for f in (r["path"] for r in subject_rejects)}
+    new_rejects += [{"path": r["path"], "trial": trial, "size_bytes": by_path[r["path"]].size,
+                     "mtime_ns": by_path[r["path"]].mtime_ns, "reason": r["reason"], "rejected_at": now}
+                    for r in subject_rejects]
+    files = files.select(list(FILES_SCHEMA)).sort("path")
     files, dup_rejects = _split_duplicates(files, now)
     new_rejects.extend({"path": f.rel, "trial": trial, "size_bytes": f.size, "mtime_ns": f.mtime_ns,
                         "reason": f.reject, "rejected_at": now} for f in walk_rejects)

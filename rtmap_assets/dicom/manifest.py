@@ -82,7 +82,9 @@ MANIFEST_SCHEMA: dict[str, pl.DataType] = {
     "series_instance_uid": pl.String(),
     "sop_instance_uid": pl.String(),  # single-file objects (RTSTRUCT, RTDOSE); null for series
     "frame_of_reference_uid": pl.String(),  # for an RTSTRUCT: that of the image it references
-    "study_date": pl.Date(),
+    # rule 17: days from the planning study (0 for planning roles, the relapse interval for relapse
+    # roles), never a calendar date; the dates stay in the bronze catalog only.
+    "days_from_planning": pl.Int64(),
     "n_files": pl.Int64(),
     "files": pl.List(pl.String()),  # catalog paths; image series sorted along the slice normal
     "reason": pl.String(),
@@ -248,8 +250,9 @@ def _fmt_rs(rs: dict[str, Any]) -> str:
     return f"{rs['path']} [{', '.join(_structures(rs)) or 'no structures'}]"
 
 
-def _fmt_date(d: date | None) -> str:
-    return d.isoformat() if d else "no date"
+def _fmt_days(d: date | None, planning: date) -> str:
+    """A study date as days from planning (rule 17: no calendar date leaves the bronze catalog)."""
+    return f"{(d - planning).days:+d} days from planning" if d is not None else "no date"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -380,11 +383,10 @@ def _relapse_rtstruct(p: _Patient, config: TrialConfig, planning_date: date, ct:
     later = sorted((uid for uid, d in p.study_dates.items() if d is not None and d > planning_date),
                    key=lambda u: (p.study_dates[u], u))
     if not later:
-        studies = "; ".join(f"{u} ({_fmt_date(d)})" for u, d in sorted(p.study_dates.items()))
+        studies = "; ".join(f"{u} ({_fmt_days(d, planning_date)})" for u, d in sorted(p.study_dates.items()))
         raise PatientDataError(
             "NO_RELAPSE_STUDY",
-            f"no study is dated after the planning study ({planning_date.isoformat()}); "
-            f"studies found: {studies}", file=ct.rows[0]["path"])
+            f"no study is dated after the planning study; studies found: {studies}", file=ct.rows[0]["path"])
     rec_aliases = config.aliases.recurrence
     rec_sets = [(r, match_aliases(_structures(r), rec_aliases)) for r in p.rtstructs
                 if r["path"] not in planning_paths]
@@ -393,7 +395,7 @@ def _relapse_rtstruct(p: _Patient, config: TrialConfig, planning_date: date, ct:
         later_rs = [r for r in p.rtstructs if r["study_instance_uid"] in later]
         earlier = [r for r, found in rec_sets if found and r["study_instance_uid"] not in later]
         empty = [r for r in later_rs if not _structures(r)]
-        studies = ", ".join(f"{u} ({_fmt_date(p.study_dates[u])})" for u in later)
+        studies = ", ".join(f"{u} ({_fmt_days(p.study_dates[u], planning_date)})" for u in later)
         if empty and len(empty) == len(later_rs):
             raise PatientDataError(
                 "RTSTRUCT_EMPTY",
@@ -412,7 +414,7 @@ def _relapse_rtstruct(p: _Patient, config: TrialConfig, planning_date: date, ct:
             "AMBIGUOUS_RELAPSE",
             f"{len(later_rec)} RTSTRUCTs in studies after planning have a recurrence structure: "
             + "; ".join(f"{_fmt_rs(r)} study {r['study_instance_uid']} "
-                        f"({_fmt_date(p.study_dates.get(r['study_instance_uid']))})"
+                        f"({_fmt_days(p.study_dates.get(r['study_instance_uid']), planning_date)})"
                         for r, _ in later_rec),
             file=later_rec[0][0]["path"])
     rel_rs, rec_found = later_rec[0]
@@ -497,9 +499,10 @@ def resolve_patient(p: _Patient, config: TrialConfig) -> PatientResolution:
         rel_rs, rec_found = _relapse_rtstruct(p, config, planning_date, ct, {r["path"] for r, _, _ in refs})
         rel_date = p.study_dates.get(rel_rs["study_instance_uid"])
         rec_name, rec_alias = rec_found[0]
+        # rule 17: the interval, never the dates, goes into the lake
         rel_rs_reason = (f"only RTSTRUCT with a recurrence structure in a study after planning: study "
-                         f"{rel_rs['study_instance_uid']} dated {_fmt_date(rel_date)} > planning "
-                         f"{planning_date.isoformat()}; structure '{rec_name}' (alias {rec_alias})")
+                         f"{rel_rs['study_instance_uid']} {(rel_date - planning_date).days} days after the planning "
+                         f"study; structure '{rec_name}' (alias {rec_alias})")
         img: _Series | None = None
         try:
             img, how_img = _relapse_image(p, ct, rel_rs)
@@ -523,7 +526,8 @@ def resolve_patient(p: _Patient, config: TrialConfig) -> PatientResolution:
         row.update(patient_id=p.patient_id, trial=p.trial, input_fingerprint=fp)
         resolution.rows.append(row)
     complete = resolution.complete
-    resolution.rows = [{**{k: row.get(k) for k in MANIFEST_SCHEMA}, "complete": complete} for row in resolution.rows]
+    resolution.rows = [{**{k: row.get(k) for k in (*MANIFEST_SCHEMA, "_study_date")}, "complete": complete}
+                       for row in resolution.rows]
     return resolution
 
 
@@ -572,7 +576,7 @@ def _series_row(role: str, s: _Series, study_dates: dict[str, date | None], reas
         "series_instance_uid": s.uid,
         "sop_instance_uid": None,
         "frame_of_reference_uid": s.for_uid,
-        "study_date": study_dates.get(s.study_uid or ""),
+        "_study_date": study_dates.get(s.study_uid or ""),  # → days_from_planning in build_manifest
         "n_files": len(s.rows),
         "files": sort_slices(s.rows),
         "reason": reason,
@@ -591,7 +595,7 @@ def _object_row(role: str, r: dict[str, Any], for_uid: str | None, study_dates: 
         "series_instance_uid": r["series_instance_uid"],
         "sop_instance_uid": r["sop_instance_uid"],
         "frame_of_reference_uid": for_uid,
-        "study_date": study_dates.get(r["study_instance_uid"] or ""),
+        "_study_date": study_dates.get(r["study_instance_uid"] or ""),  # → days_from_planning
         "n_files": 1,
         "files": [r["path"]],
         "reason": reason,
@@ -604,6 +608,16 @@ def _object_row(role: str, r: dict[str, Any], for_uid: str | None, study_dates: 
 # ----------------------------------------------------------------------------------------------
 # Whole cohort
 # ----------------------------------------------------------------------------------------------
+
+
+def _dates_to_intervals(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Replace each row's private `_study_date` by days from its patient's planning study (rule 17)."""
+    planning = {r["patient_id"]: r.get("_study_date") for r in rows if r["role"] == "planning_ct"}
+    out = []
+    for r in rows:
+        d, p = r.pop("_study_date", None), planning.get(r["patient_id"])
+        out.append({**r, "days_from_planning": (d - p).days if d is not None and p is not None else None})
+    return out
 
 
 def build_manifest(files: pl.DataFrame, config: TrialConfig) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -620,7 +634,7 @@ def build_manifest(files: pl.DataFrame, config: TrialConfig) -> tuple[pl.DataFra
             resolution = resolve_patient(_patient_view(str(pid), part), config)
             rows.extend(resolution.rows)
             issues.extend(err.as_issue(str(pid), STAGE) for err in resolution.issues)
-    manifest = pl.DataFrame(rows, schema=MANIFEST_SCHEMA)
+    manifest = pl.DataFrame(_dates_to_intervals(rows), schema=MANIFEST_SCHEMA)
     if manifest.height:
         order = {r: i for i, r in enumerate(ROLES)}
         manifest = manifest.sort(

@@ -9,8 +9,10 @@ destination folder and is renamed into place, so a reader never sees half a file
 
 from __future__ import annotations
 
+import glob
 import os
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -24,8 +26,26 @@ PATIENT_FILE = "part-0.parquet"
 COHORT_FILE = "data.parquet"
 
 
+def _umask() -> int:
+    """The process umask, read without changing it (os.umask can only be read by setting it)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
-    """Call `write(tmp_path)` and rename the result to `path` (same folder, so the rename is atomic)."""
+    """Call `write(tmp_path)` and rename the result to `path` (same folder, so the rename is atomic).
+
+    The file gets the mode an ordinary write would (0666 minus the umask, 0644 by default): mkstemp
+    creates 0600 and that mode would survive the rename, hiding lake files from other accounts.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -33,11 +53,27 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
     tmp_path = Path(tmp)
     try:
         write(tmp_path)
+        os.chmod(tmp_path, 0o666 & ~_umask())
         os.replace(tmp_path, path)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
+    _remove_stale_temporaries(path)
     return path
+
+
+STALE_TMP_S = 3600.0
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    """Temporary files of `path` left by a killed writer (older than an hour: not a live write)."""
+    now = time.time()
+    for old in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        try:
+            if now - old.stat().st_mtime > STALE_TMP_S:
+                old.unlink()
+        except OSError:
+            pass
 
 
 def write_parquet(df: pl.DataFrame, path: Path) -> Path:

@@ -13,6 +13,11 @@ issues as (
     from {{ ref('stg_pipeline_issues') }}
     group by patient_id
 ),
+relapse as (  -- rule 17: the relapse interval, never the dates
+    select patient_id, days_from_planning as relapse_interval_days,
+           round(days_from_planning / 30.4375, 1) as relapse_interval_months
+    from {{ ref('stg_patient_manifest') }} where role = 'relapse_rtstruct'
+),
 patients as (
     select patient_id from {{ ref('stg_patient_manifest') }}
     union select patient_id from issues
@@ -58,6 +63,8 @@ select
     c.age_group,
     c.sex,
     c.months_to_relapse,
+    r.relapse_interval_days,
+    r.relapse_interval_months,
     round(h.uncertainty_mm, 3) as uncertainty_mm,
     round(h.radius_mm, 3) as radius_mm,
     h.radius_policy,
@@ -95,3 +102,4 @@ left join wide w using (patient_id)
 left join qc q using (patient_id)
 left join {{ ref('stg_trial_covariates') }} c using (patient_id)
 left join issues i using (patient_id)
+left join relapse r using (patient_id)
