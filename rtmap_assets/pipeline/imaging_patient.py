@@ -132,9 +132,9 @@ def run_imaging(manifest_rows: pl.DataFrame, config: TrialConfig, out_dir: Path,
 
     # ---- read
     t = time.perf_counter()
-    plan_ct = read_image_series(_role_files(manifest_rows, "planning_ct", raw_root))
+    plan_ct = read_image_series(_role_files(manifest_rows, "planning_ct", raw_root), config.slice_geometry)
     rel_files = _role_files(manifest_rows, "relapse_image", raw_root)
-    relapse = read_image_series(rel_files)
+    relapse = read_image_series(rel_files, config.slice_geometry)
     rel_modality = str(manifest_rows.filter(pl.col("role") == "relapse_image")["modality"][0] or "CT")
     plan_rs_file = _role_files(manifest_rows, "planning_rtstruct", raw_root)[0]
     rel_rs_file = _role_files(manifest_rows, "relapse_rtstruct", raw_root)[0]
