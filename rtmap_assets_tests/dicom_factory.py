@@ -7,6 +7,7 @@ never copy them. UIDs are deterministic (derived from a text key), so tests are 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +21,14 @@ MR_IMAGE = "1.2.840.10008.5.1.4.1.1.4"
 RT_STRUCT = "1.2.840.10008.5.1.4.1.1.481.3"
 RT_DOSE = "1.2.840.10008.5.1.4.1.1.481.2"
 RT_PLAN = "1.2.840.10008.5.1.4.1.1.481.5"
+
+# ImageOrientationPatient that scanners write for axial slices in each patient position.
+AXIAL_IOP = {
+    "HFS": (1.0, 0.0, 0.0, 0.0, 1.0, 0.0),
+    "HFP": (-1.0, 0.0, 0.0, 0.0, -1.0, 0.0),
+    "FFS": (-1.0, 0.0, 0.0, 0.0, 1.0, 0.0),
+    "FFP": (1.0, 0.0, 0.0, 0.0, -1.0, 0.0),
+}
 
 IDENTIFYING = {
     "PatientName": "Doe^Jane",
@@ -97,9 +106,16 @@ def write_image_series(folder: Path, key: str, patient_id: str, study_uid: str, 
                        shape: tuple[int, int] = (8, 8), spacing: float = 2.0,
                        slice_thickness: float = 2.5, file_names: list[str] | None = None,
                        shuffle_instance_numbers: bool = True,
-                       description: str | None = None) -> SeriesInfo:
+                       description: str | None = None, patient_position: str = "HFS",
+                       iop: tuple[float, ...] | None = None,
+                       pixel_fn: Callable[[np.ndarray], np.ndarray] | None = None) -> SeriesInfo:
     """A CT or MR series, one file per slice. Instance numbers are reversed relative to position
-    by default, so a test can tell "sorted by position" from "sorted by instance number"."""
+    by default, so a test can tell "sorted by position" from "sorted by instance number".
+
+    `patient_position` sets PatientPosition and the usual axial IOP for it (`iop` overrides the
+    cosines); whatever the cosines, every slice covers the same LPS square (x, y from -8 mm) at
+    z = -10 + i x slice_thickness. `pixel_fn` maps an (rows, cols, 3) array of LPS points (mm) to
+    pixel values (HU for CT) so a test can put content at a known physical place."""
     sop_class = CT_IMAGE if modality == "CT" else MR_IMAGE
     series_uid = uid(f"{key}/series")
     paths, sops, zs = [], [], []
@@ -112,8 +128,14 @@ def write_image_series(folder: Path, key: str, patient_id: str, study_uid: str, 
         ds.FrameOfReferenceUID = for_uid
         ds.InstanceNumber = (n_slices - i) if shuffle_instance_numbers else i + 1
         z = -10.0 + i * slice_thickness
-        ds.ImagePositionPatient = [-8.0, -8.0, z]
-        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        cosines = np.asarray(iop if iop is not None else AXIAL_IOP[patient_position], dtype=float)
+        row_dir, col_dir = cosines[:3], cosines[3:]
+        # Same field of view whatever the cosines: centre of the HFS square at x, y = -8 mm.
+        centre = np.array([-8.0 + (shape[1] - 1) * spacing / 2, -8.0 + (shape[0] - 1) * spacing / 2, z])
+        ipp = centre - (shape[1] - 1) / 2 * spacing * row_dir - (shape[0] - 1) / 2 * spacing * col_dir
+        ds.ImagePositionPatient = [round(float(v), 4) for v in ipp]
+        ds.ImageOrientationPatient = [float(v) for v in cosines]
+        ds.PatientPosition = patient_position
         ds.PixelSpacing = [spacing, spacing]
         ds.SliceThickness = slice_thickness
         ds.Rows, ds.Columns = shape
@@ -126,7 +148,13 @@ def write_image_series(folder: Path, key: str, patient_id: str, study_uid: str, 
         if modality == "CT":
             ds.RescaleIntercept = -1024
             ds.RescaleSlope = 1
-        ds.PixelData = (np.full(shape, 1000 + i, dtype=np.int16)).tobytes()
+        if pixel_fn is None:
+            ds.PixelData = (np.full(shape, 1000 + i, dtype=np.int16)).tobytes()
+        else:
+            jj, ii = np.mgrid[0:shape[0], 0:shape[1]]
+            pts = (ipp + ii[..., None] * spacing * row_dir + jj[..., None] * spacing * col_dir)
+            stored = np.asarray(pixel_fn(pts), dtype=float) - float(getattr(ds, "RescaleIntercept", 0))
+            ds.PixelData = np.round(stored).astype(np.int16).tobytes()
         _save(ds, path)
         paths.append(path)
         sops.append(sop)
@@ -137,8 +165,11 @@ def write_image_series(folder: Path, key: str, patient_id: str, study_uid: str, 
 def write_rtstruct(path: Path, key: str, patient_id: str, study_uid: str, study_date: str,
                    roi_names: list[str], *, referenced: SeriesInfo | None = None,
                    ref_for_uid: str | None = None, reference_series: bool = True,
-                   contour_points: int = 40, undefined_length: bool = False) -> str:
-    """An RTSTRUCT with one closed contour per ROI on every referenced slice.
+                   contour_points: int = 40, undefined_length: bool = False,
+                   contour_centre_xy: tuple[float, float] = (0.0, 0.0), contour_radius: float = 4.0,
+                   contour_z: list[float] | None = None) -> str:
+    """An RTSTRUCT with one closed contour per ROI on every referenced slice (or on `contour_z`): a
+    circle of `contour_radius` mm about `contour_centre_xy` (LPS mm).
 
     `reference_series=False` leaves out the RTReferencedSeriesSequence, so the structure set points
     at its image only through the frame of reference (as some exports do).
@@ -164,7 +195,7 @@ def write_rtstruct(path: Path, key: str, patient_id: str, study_uid: str, study_
         ref_for.RTReferencedStudySequence = Sequence([st])
     ds.ReferencedFrameOfReferenceSequence = Sequence([ref_for])
     rois, contours = [], []
-    zs = referenced.z_positions if referenced else [0.0]
+    zs = contour_z if contour_z is not None else (referenced.z_positions if referenced else [0.0])
     for n, name in enumerate(roi_names, start=1):
         roi = Dataset()
         roi.ROINumber = n
@@ -180,7 +211,9 @@ def write_rtstruct(path: Path, key: str, patient_id: str, study_uid: str, study_
             c = Dataset()
             c.ContourGeometricType = "CLOSED_PLANAR"
             ang = np.linspace(0, 2 * np.pi, contour_points, endpoint=False)
-            pts = np.stack([4 * np.cos(ang), 4 * np.sin(ang), np.full_like(ang, z)], axis=1)
+            cx, cy = contour_centre_xy
+            pts = np.stack([cx + contour_radius * np.cos(ang), cy + contour_radius * np.sin(ang),
+                            np.full_like(ang, z)], axis=1)
             c.NumberOfContourPoints = contour_points
             c.ContourData = [f"{v:.2f}" for v in pts.ravel()]
             items.append(c)
