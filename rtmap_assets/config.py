@@ -104,7 +104,7 @@ class DoseStatistics(_Strict):
 class SliceGeometry(_Strict):
     """Rule 15: how far real slice positions may depart from a regular stack (rtmap_assets/dicom/slice_geometry.py)."""
 
-    jitter_tolerance_mm: float = Field(0.2, ge=0, description="positions within this of a uniform lattice are "
+    jitter_tolerance_mm: float = Field(0.15, ge=0, description="positions within this of a uniform lattice are "
                                        "placed on it without resampling")
     max_step_ratio: float = Field(1.5, gt=1, description="irregular steps up to this x the nominal (median) step "
                                   "are resampled; a longer step is a gap (missing slice, 2x) and is refused")

@@ -107,6 +107,12 @@ def read_image_series(paths: Iterable[str | Path], geometry: SliceGeometry | Non
     uniform step along the normal, gaps, conflicting duplicates, tilted or mixed stacks are refused
     (conventions in `rtmap_assets.dicom.slice_geometry`).
     """
+    return read_image_series_with_layout(paths, geometry)[0]
+
+
+def read_image_series_with_layout(paths: Iterable[str | Path], geometry: SliceGeometry | None = None
+                                  ) -> tuple[sitk.Image, sg.SliceLayout]:
+    """`read_image_series` and the `SliceLayout` it used (kind uniform/jitter/irregular, duplicates dropped)."""
     cfg = geometry if geometry is not None else SliceGeometry()
     files = [str(p) for p in paths]
     if len(files) < 2:
@@ -154,7 +160,7 @@ def read_image_series(paths: Iterable[str | Path], geometry: SliceGeometry | Non
     image.SetOrigin(tuple(float(v) for v in origin))
     image.SetSpacing((float(pix[1]), float(pix[0]), float(layout.step_mm)))
     image.SetDirection(tuple(direction.flatten()))
-    return image
+    return image, layout
 
 
 # ---------------------------------------------------------------------------------------------- RTSTRUCT
