@@ -166,3 +166,22 @@ def test_reader_keeps_identical_duplicate_and_refuses_a_different_one(tmp_path):
     with pytest.raises(PatientDataError) as err:
         read_image_series(write_ct(tmp_path / "diff", vol, z_positions=zs))
     assert err.value.code == "SERIES_DUPLICATE_POSITION" and "0.070 mm apart" in err.value.message
+
+
+def test_mr_series_uses_the_same_rule_and_the_trial_tolerances(tmp_path):
+    import pydicom
+
+    from rtmap_assets_tests.dicom_factory import uid, write_image_series
+
+    series = write_image_series(tmp_path, "mr", "P1", uid("mr/study"), uid("mr/for"), "20210101", modality="MR",
+                                n_slices=6, slice_thickness=3.0)
+    zs = [0.0, 3.0, 6.3, 9.0, 12.0, 15.2]  # irregular steps 2.7-3.3 mm (ratio <= 1.1)
+    for path, z in zip(series.paths, zs):
+        ds = pydicom.dcmread(str(path))
+        ds.ImagePositionPatient = [-8.0, -8.0, z]
+        ds.save_as(str(path))
+    img = read_image_series(series.paths)
+    assert img.GetSpacing()[2] == pytest.approx(3.0) and img.GetSize()[2] == 6
+    with pytest.raises(PatientDataError) as err:
+        read_image_series(series.paths, SliceGeometry(max_step_ratio=1.05))
+    assert err.value.code == "SERIES_GAP" and "3.300 mm" in err.value.message
