@@ -148,10 +148,10 @@ def read_image_series_with_layout(paths: Iterable[str | Path], geometry: SliceGe
     for k, ds in enumerate(slices):
         volume[k] = _rescaled(ds)
     layout = sg.classify_positions(along, cfg, pixels=volume, file=files[0])
-    volume = volume[layout.kept]
     if layout.dropped_duplicates:
-        log.info("%s: %d duplicated slice position(s) with identical content kept once", files[0],
-                 len(layout.dropped_duplicates))
+        volume = volume[layout.kept]  # (a copy: only when something was dropped)
+        log.info("%s: duplicated slice positions with identical content kept once (position, distance mm): %s",
+                 files[0], [(round(p, 3), round(d, 3)) for p, d in layout.dropped_duplicates])
     if layout.needs_resampling:
         volume = sg.resample_along_normal(volume, layout.positions_mm, layout.target_positions_mm)
     image = sitk.GetImageFromArray(volume)
