@@ -185,3 +185,18 @@ def test_mr_series_uses_the_same_rule_and_the_trial_tolerances(tmp_path):
     with pytest.raises(PatientDataError) as err:
         read_image_series(series.paths, SliceGeometry(max_step_ratio=1.05))
     assert err.value.code == "SERIES_GAP" and "3.300 mm" in err.value.message
+
+
+def test_rasterise_fills_irregular_contour_planes_without_holes():
+    # contour planes follow real slice positions: gaps alternate 2.0 / 2.8 mm (median 2.0, ratio 1.4)
+    from rtmap_assets.dicom.readers import rasterise
+    from rtmap_assets_tests.test_readers_dicom import circle, grid
+
+    zs = np.cumsum([0.0] + [2.0, 2.8] * 6 + [2.0])
+    contours = [circle(0, 0, 10.0, z) for z in zs]
+    ref = grid((49, 49, 80), (0.5, 0.5, 0.5), (-12.0, -12.0, -4.0))
+    per_slice = sitk.GetArrayFromImage(rasterise(contours, None, ref)).reshape(80, -1).sum(axis=1)
+    k_first, k_last = int(round((zs[0] + 4) / 0.5)), int(round((zs[-1] + 4) / 0.5))
+    assert per_slice[k_first:k_last + 1].min() > 0  # before: slices 1.4 mm from both planes were left empty
+    filled_mm = (per_slice > 0).sum() * 0.5
+    assert filled_mm == pytest.approx(zs[-1] - zs[0] + 2 * 0.5 * np.median(np.diff(zs)), abs=0.6)

@@ -24,6 +24,10 @@ Conventions (tested in `rtmap_assets_tests/test_readers_*.py`):
   contour plane, and a structure thinner than the slice spacing lands on its nearest slice. So
   contours on planes between target slices go to the nearest slice, and a target grid coarser than
   the contour spacing takes one plane per slice instead of XOR-ing neighbouring planes together.
+  Contour planes need not be evenly spaced (they follow real slice positions, rule 15): between two
+  planes up to 1.5x the median plane spacing apart each slice takes its nearest plane (midpoint
+  rule); across a wider gap (part of the structure not drawn) only slices within half the median
+  spacing of a plane are filled.
 - RTDOSE: Gy = stored value x DoseGridScaling. GridFrameOffsetVector may be relative (first value 0,
   offsets along the normal from ImagePositionPatient) or absolute (first value equal to the z of
   ImagePositionPatient, only allowed for axial grids); other forms or non-uniform offsets are refused.
@@ -260,7 +264,7 @@ def rasterise(source: RTStruct | Sequence[np.ndarray], name: str | None, referen
         plane_masks: dict[float, np.ndarray] = {}
         for kz in sorted(t for t in targets if 0 <= t < nz):
             j = int(np.argmin(np.abs(keys - kz)))
-            if abs(keys[j] - kz) > reach + 1e-6:
+            if abs(keys[j] - kz) > _plane_reach(keys, kz, half, reach) + 1e-6:
                 continue
             key = float(keys[j])
             if key not in plane_masks:
@@ -269,6 +273,22 @@ def rasterise(source: RTStruct | Sequence[np.ndarray], name: str | None, referen
     mask = sitk.GetImageFromArray(out)
     mask.CopyInformation(reference)
     return mask
+
+
+def _plane_reach(keys: np.ndarray, kz: float, half: float, reach: float) -> float:
+    """How far (slices) target slice `kz` may be from its nearest contour plane and still take it.
+
+    Real contour planes follow real slice positions (rule 15: 2.4-2.6 mm steps on a 2.5 mm series), so
+    between two planes up to 1.5x the usual spacing apart a slice takes its nearest plane up to the
+    midpoint (no slice is skipped because a local gap exceeds the median); a wider gap (a part of the
+    structure not drawn) is filled only within half the usual spacing of each plane.
+    """
+    i = int(np.searchsorted(keys, kz))
+    if 0 < i < len(keys):
+        gap = float(keys[i] - keys[i - 1])
+        if gap <= 3.0 * half:
+            return max(reach, 0.5 * gap)
+    return reach
 
 
 def _fill_plane(polys: list[np.ndarray], nx: int, ny: int) -> np.ndarray:
