@@ -72,11 +72,17 @@ def scan_patient(folder: Path) -> list[tuple[list[str], list[pydicom.Dataset], s
                             ref_series = str(se.SeriesInstanceUID)
                 structs.append((path, ref_series, ref_for))
     pairs = []
+    used = set()
     for uid, files in series.items():
         match = [p for p, rs, _ in structs if rs == uid] or [p for p, rs, fr in structs
                                                               if rs not in series and fr == series_for[uid]]
         if match:
             pairs.append((files, headers[uid], match[0]))
+            used.update(match)
+    for p, rs, fr in structs:
+        if p not in used:
+            print(f"  {folder.name}: non-empty RTSTRUCT {p} matches no CT series here "
+                  f"(references series {rs}, frame {fr})")
     return pairs
 
 
@@ -172,6 +178,7 @@ def main() -> None:
     ap.add_argument("--duplicate-max-difference", type=float, default=None,
                     help="override SliceGeometry.duplicate_max_difference (HU)")
     ap.add_argument("--limit", type=int, default=0, help="first N patient folders only")
+    ap.add_argument("--only", nargs="*", default=None, help="these patient folder names only")
     args = ap.parse_args()
     cfg = SliceGeometry() if args.duplicate_max_difference is None else SliceGeometry(
         duplicate_max_difference=args.duplicate_max_difference)
@@ -179,6 +186,8 @@ def main() -> None:
     print(f"SliceGeometry: {cfg.model_dump()}")
     t0 = time.perf_counter()
     patients = sorted(p for p in args.folder.iterdir() if p.is_dir())
+    if args.only:
+        patients = [p for p in patients if p.name in set(args.only)]
     if args.limit:
         patients = patients[:args.limit]
     pairs = [(p.name, files, hs, rs) for p in patients for files, hs, rs in scan_patient(p)]
