@@ -44,10 +44,9 @@ def test_irregular_steps_are_resampled_on_the_median_step():
     p = np.concatenate([[0.0], np.cumsum(steps)])
     lay = sg.classify_positions(p, CFG)
     assert lay.kind == "irregular" and lay.needs_resampling
-    assert lay.step_mm == pytest.approx(2.5)
-    assert lay.origin_mm == 0.0
-    assert lay.target_positions_mm[-1] <= p[-1] + 1e-9
-    assert lay.n_slices == int(p[-1] // 2.5) + 1
+    # the step nearest the 2.5 mm median that spans the true extent 29.51 mm exactly: 12 intervals
+    assert lay.n_slices == 13 and lay.step_mm == pytest.approx(29.51 / 12)
+    assert lay.origin_mm == 0.0 and lay.target_positions_mm[-1] == pytest.approx(p[-1])
     assert lay.max_step_ratio == pytest.approx(2.82 / 2.5)
 
 
@@ -77,6 +76,10 @@ def test_identical_duplicate_is_kept_once():
     assert lay.kept.tolist() == [0, 1, 2, 4, 5]
     assert lay.dropped_duplicates == [(pytest.approx(5.07), pytest.approx(0.07))]
     assert lay.kind == "uniform" and lay.n_slices == 5
+    # a coincident position is a duplicate even with a zero tolerance (never a zero step)
+    lay0 = sg.classify_positions(np.array([0.0, 2.5, 2.5, 5.0]), SliceGeometry(duplicate_tolerance_mm=0),
+                                 pixels=[pixels[0], pixels[1], pixels[1], pixels[4]])
+    assert lay0.kept.tolist() == [0, 1, 3] and lay0.step_mm == pytest.approx(2.5)
 
 
 def test_different_duplicate_is_refused_with_distance():
@@ -145,10 +148,10 @@ def test_reader_resamples_irregular_series_from_true_positions(tmp_path):
     zs = np.concatenate([[20.0], 20.0 + np.cumsum(steps)])
     vol = np.stack([np.full((4, 4), 10.0 * z) for z in zs]).astype(np.float32)
     img = read_image_series(write_ct(tmp_path, vol, z_positions=list(zs), slope=0.5, intercept=0.0))
-    assert img.GetSpacing()[2] == pytest.approx(2.5)
+    assert img.GetSize()[2] == 9 and img.GetSpacing()[2] == pytest.approx(19.82 / 8)  # spans 20 .. 39.82 mm
     assert img.GetOrigin()[2] == pytest.approx(20.0)
     arr = sitk.GetArrayViewFromImage(img)
-    target_z = 20.0 + np.arange(img.GetSize()[2]) * 2.5
+    target_z = 20.0 + np.arange(img.GetSize()[2]) * img.GetSpacing()[2]
     assert arr[:, 0, 0] == pytest.approx(10.0 * target_z, abs=0.5)
     # a jittered series is kept slice for slice, on its lattice
     zs_j = 20.0 + np.arange(6) * 2.5 + np.array([0, 0.1, -0.1, 0.05, 0, -0.05])
@@ -181,7 +184,7 @@ def test_mr_series_uses_the_same_rule_and_the_trial_tolerances(tmp_path):
         ds.ImagePositionPatient = [-8.0, -8.0, z]
         ds.save_as(str(path))
     img = read_image_series(series.paths)
-    assert img.GetSpacing()[2] == pytest.approx(3.0) and img.GetSize()[2] == 6
+    assert img.GetSpacing()[2] == pytest.approx(15.2 / 5) and img.GetSize()[2] == 6
     with pytest.raises(PatientDataError) as err:
         read_image_series(series.paths, SliceGeometry(max_step_ratio=1.05))
     assert err.value.code == "SERIES_GAP" and "3.300 mm" in err.value.message

@@ -28,8 +28,11 @@ Conventions
   p_k = a + k s -> the slices are placed on that lattice (kind "uniform"/"jitter"; no resampling;
   position error <= the tolerance).
 - Irregular: otherwise (steps within the limits) -> the stack is resampled onto a uniform lattice
-  that starts at the first true position with step = nominal step and ends at or before the last
-  true position; each target slice is the linear interpolation of the two neighbouring true slices.
+  from the first to the last true position whose step is the one nearest the nominal (median) step
+  that spans that extent exactly (extent / round(extent / median): within median / (2 N) of the
+  median for N intervals, e.g. 2.49 instead of 2.5 mm; the median itself could leave up to one step
+  at the end uncovered); each target slice is the linear interpolation of the two neighbouring true
+  slices.
 """
 
 from __future__ import annotations
@@ -135,7 +138,7 @@ def resolve_duplicates(positions_mm: np.ndarray, pixels: Sequence[np.ndarray] | 
     for i in range(1, len(p)):
         j = keep[-1]
         distance = float(p[i] - p[j])
-        if distance >= cfg.duplicate_tolerance_mm:
+        if distance >= max(cfg.duplicate_tolerance_mm, 1e-3):  # coincident positions are always duplicates
             keep.append(i)
             continue
         difference = (float(np.max(np.abs(np.asarray(pixels[i], np.float64) - np.asarray(pixels[j], np.float64))))
@@ -192,8 +195,11 @@ def classify_positions(positions_mm: np.ndarray, cfg: SliceGeometry, pixels: Seq
     if deviation <= max(cfg.jitter_tolerance_mm, UNIFORM_TOL_MM):
         kind: Literal["uniform", "jitter", "irregular"] = "uniform" if deviation <= UNIFORM_TOL_MM else "jitter"
         return SliceLayout(kept, q, a, s, len(q), kind, deviation, ratio, dropped)
-    n = int(np.floor((q[-1] - q[0]) / nominal + 1e-6)) + 1
-    return SliceLayout(kept, q, float(q[0]), nominal, n, "irregular", deviation, ratio, dropped)
+    # The uniform step nearest the median that spans the true extent exactly, so the first and last
+    # true slices stay in the image (the median itself could leave up to one step uncovered).
+    intervals = max(1, int(round((q[-1] - q[0]) / nominal)))
+    step = float((q[-1] - q[0]) / intervals)
+    return SliceLayout(kept, q, float(q[0]), step, intervals + 1, "irregular", deviation, ratio, dropped)
 
 
 def resample_along_normal(volume_zyx: np.ndarray, positions_mm: np.ndarray, targets_mm: np.ndarray) -> np.ndarray:
