@@ -121,6 +121,23 @@ class SubjectKey(_Strict):
         return self
 
 
+class SliceGeometry(_Strict):
+    """Rule 15: how far real slice positions may depart from a regular stack (rtmap_assets/dicom/slice_geometry.py)."""
+
+    jitter_tolerance_mm: float = Field(0.15, ge=0, description="positions within this of a uniform lattice are "
+                                       "placed on it without resampling")
+    max_step_ratio: float = Field(1.5, gt=1, description="irregular steps up to this x the nominal (median) step "
+                                  "are resampled; a longer step is a gap (missing slice, 2x) and is refused")
+    duplicate_tolerance_mm: float = Field(0.2, ge=0, description="slices closer than this along the normal "
+                                          "share one position")
+    duplicate_max_difference: float = Field(0.0, ge=0, description="duplicates whose rescaled pixel values differ "
+                                            "by at most this (HU for CT) are kept once; otherwise refused")
+    max_tilt_deg: float = Field(0.5, ge=0, lt=45, description="slice origins moving off the normal by more than "
+                                "this angle are a gantry tilt (refused)")
+    orientation_tolerance: float = Field(1e-3, gt=0, description="largest difference of direction cosines "
+                                         "between slices of one series")
+
+
 class TrialConfig(_Strict):
     trial: str = Field(..., min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     arms: dict[str, tuple[float, float, float]] = Field(
@@ -136,6 +153,7 @@ class TrialConfig(_Strict):
     probability: Probability = Probability()
     dose_statistics: DoseStatistics = DoseStatistics()
     subject_key: SubjectKey = SubjectKey()
+    slice_geometry: SliceGeometry = SliceGeometry()
 
     @field_validator("arms")
     @classmethod

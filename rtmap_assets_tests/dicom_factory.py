@@ -8,6 +8,7 @@ never copy them. UIDs are deterministic (derived from a text key), so tests are 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +24,14 @@ from rtmap_synth.phantom import Grid
 
 __all__ = ["CT_IMAGE", "MR_IMAGE", "RT_DOSE", "RT_PLAN", "RT_STRUCT", "IDENTIFYING", "PatientFiles", "SeriesInfo",
            "uid", "undefined_lengths", "write_image_series", "write_patient", "write_rtdose", "write_rtstruct"]
+
+# ImageOrientationPatient that scanners write for axial slices in each patient position.
+AXIAL_IOP = {
+    "HFS": (1.0, 0.0, 0.0, 0.0, 1.0, 0.0),
+    "HFP": (-1.0, 0.0, 0.0, 0.0, -1.0, 0.0),
+    "FFS": (-1.0, 0.0, 0.0, 0.0, 1.0, 0.0),
+    "FFP": (1.0, 0.0, 0.0, 0.0, -1.0, 0.0),
+}
 
 IDENTIFYING = {
     "PatientName": "Doe^Jane",
@@ -67,10 +76,17 @@ def write_image_series(folder: Path, key: str, patient_id: str, study_uid: str, 
                        shape: tuple[int, int] = (8, 8), spacing: float = 2.0,
                        slice_thickness: float = 2.5, file_names: list[str] | None = None,
                        shuffle_instance_numbers: bool = True,
-                       description: str | None = None) -> SeriesInfo:
-    """A CT or MR series, one file per slice, first pixel at (-8, -8) mm, slices from z = -10 mm. Instance
-    numbers are reversed relative to position by default, so a test can tell "sorted by position" from
-    "sorted by instance number"."""
+                       description: str | None = None, patient_position: str = "HFS",
+                       iop: tuple[float, ...] | None = None,
+                       pixel_fn: Callable[[np.ndarray], np.ndarray] | None = None) -> SeriesInfo:
+    """A CT or MR series, one file per slice, written by the generator's image writer. Instance numbers
+    are reversed relative to position by default, so a test can tell "sorted by position" from "sorted by
+    instance number".
+
+    `patient_position` sets PatientPosition and the usual axial IOP for it (`iop` overrides the
+    cosines); whatever the cosines, every slice covers the same LPS square (x, y from -8 mm) at
+    z = -10 + i x slice_thickness. `pixel_fn` maps an (rows, cols, 3) array of LPS points (mm) to
+    pixel values (HU for CT) so a test can put content at a known physical place."""
     rows, cols = shape
     grid = Grid((cols, rows, n_slices), (spacing, spacing, slice_thickness), (-8.0, -8.0, -10.0))
     writer = ImageSeriesWriter(grid, modality, _patient(patient_id), _study(study_uid, study_date, for_uid),
@@ -79,8 +95,22 @@ def write_image_series(folder: Path, key: str, patient_id: str, study_uid: str, 
     for i in range(n_slices):
         ds = _identify(writer.dataset(i, np.full(shape, 1000 + i, dtype=np.int16)))
         ds.InstanceNumber = (n_slices - i) if shuffle_instance_numbers else i + 1
+        z = -10.0 + i * slice_thickness
+        cosines = np.asarray(iop if iop is not None else AXIAL_IOP[patient_position], dtype=float)
+        row_dir, col_dir = cosines[:3], cosines[3:]
+        # Same field of view whatever the cosines: centre of the HFS square at x, y = -8 mm.
+        centre = np.array([-8.0 + (shape[1] - 1) * spacing / 2, -8.0 + (shape[0] - 1) * spacing / 2, z])
+        ipp = centre - (shape[1] - 1) / 2 * spacing * row_dir - (shape[0] - 1) / 2 * spacing * col_dir
+        ds.ImagePositionPatient = [round(float(v), 4) for v in ipp]
+        ds.ImageOrientationPatient = [float(v) for v in cosines]
+        ds.PatientPosition = patient_position
+        if pixel_fn is not None:
+            jj, ii = np.mgrid[0:shape[0], 0:shape[1]]
+            pts = (ipp + ii[..., None] * spacing * row_dir + jj[..., None] * spacing * col_dir)
+            stored = np.asarray(pixel_fn(pts), dtype=float) - float(getattr(ds, "RescaleIntercept", 0))
+            ds.PixelData = np.round(stored).astype("<i2" if modality == "CT" else "<u2").tobytes()
         paths.append(save(ds, folder / (file_names[i] if file_names else f"{modality}{i:03d}.dcm")))
-        zs.append(grid.z_at(i))
+        zs.append(z)
     return SeriesInfo(modality, study_uid, writer.ref.series_uid, for_uid, study_date, paths,
                       list(writer.ref.sop_uids), zs)
 
@@ -88,8 +118,11 @@ def write_image_series(folder: Path, key: str, patient_id: str, study_uid: str, 
 def write_rtstruct(path: Path, key: str, patient_id: str, study_uid: str, study_date: str,
                    roi_names: list[str], *, referenced: SeriesInfo | None = None,
                    ref_for_uid: str | None = None, reference_series: bool = True,
-                   contour_points: int = 40, undefined_length: bool = False) -> str:
-    """An RTSTRUCT with one closed circular contour (4 mm radius) per ROI on every referenced slice.
+                   contour_points: int = 40, undefined_length: bool = False,
+                   contour_centre_xy: tuple[float, float] = (0.0, 0.0), contour_radius: float = 4.0,
+                   contour_z: list[float] | None = None) -> str:
+    """An RTSTRUCT with one closed contour per ROI on every referenced slice (or on `contour_z`): a
+    circle of `contour_radius` mm about `contour_centre_xy` (LPS mm).
 
     `reference_series=False` leaves out the RTReferencedSeriesSequence, so the structure set points
     at its image only through the frame of reference (as some exports do).
@@ -99,10 +132,14 @@ def write_rtstruct(path: Path, key: str, patient_id: str, study_uid: str, study_
     if referenced is not None:
         image = SeriesRef(referenced.series_uid, CT_IMAGE if referenced.modality == "CT" else MR_IMAGE,
                           list(referenced.sop_uids))
-    zs = referenced.z_positions if referenced else [0.0]
+    slice_zs = referenced.z_positions if referenced else [0.0]
+    zs = contour_z if contour_z is not None else slice_zs
     ang = np.linspace(0, 2 * np.pi, contour_points, endpoint=False)
-    circle = [(k, np.stack([4 * np.cos(ang), 4 * np.sin(ang), np.full_like(ang, z)], axis=1))
-              for k, z in enumerate(zs)]
+    cx, cy = contour_centre_xy
+    # (index of the nearest referenced slice, points): the writer references that image from the contour
+    circle = [(int(np.argmin(np.abs(np.asarray(slice_zs) - z))),
+               np.stack([cx + contour_radius * np.cos(ang), cy + contour_radius * np.sin(ang), np.full_like(ang, z)],
+                        axis=1)) for z in zs]
     rois = [RoiSpec(name, name, "CTV" if "ctv" in name.lower() else "ORGAN", (255, 0, 0)) for name in roi_names]
     ds = rtstruct_dataset(rois, {name: circle for name in roi_names}, image, _patient(patient_id),
                           _study(study_uid, study_date, for_uid), uid_seed=key, label="RTSTRUCT",

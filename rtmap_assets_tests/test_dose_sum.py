@@ -64,11 +64,11 @@ def _at(img: sitk.Image, point) -> float:
 def plan(tmp_path: Path):
     """A patient without its default dose: the tests write the plan's RTDOSE objects themselves."""
     trial = tmp_path / "raw" / "T1"
-    pf = write_patient(trial / "exp", "P", with_dose=False)
+    pf = write_patient(trial / "P", "P", with_dose=False)
     study, for_uid = pf.planning_ct.study_uid, pf.planning_ct.for_uid
 
     def dose(name, **kw):
-        path = trial / "exp" / "planning" / "rd" / f"{name}.dcm"
+        path = trial / "P" / "planning" / "rd" / f"{name}.dcm"
         write_rtdose(path, f"P/{name}", "P", study, "20200110", kw.pop("for_uid", for_uid), **kw)
         return path
 
@@ -161,7 +161,7 @@ def test_plan_total_and_its_own_beams_are_not_double_counted(plan):
     total = sitk.GetArrayFromImage(read_plan_dose(_abs(trial, row["files"])))
     assert total == pytest.approx(a + b, abs=0.0005 + 1e-5)
     # the reader refuses the total together with its parts rather than counting them twice
-    every = sorted((trial / "exp" / "planning" / "rd").glob("*.dcm"))
+    every = sorted((trial / "P" / "planning" / "rd").glob("*.dcm"))
     with pytest.raises(PatientDataError) as err:
         read_plan_dose(every)
     assert err.value.code == "RTDOSE_DOUBLE_COUNT" and "beam1.dcm" in err.value.message

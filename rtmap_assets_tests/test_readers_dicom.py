@@ -150,7 +150,8 @@ def test_missing_slice_is_a_clear_error(tmp_path):
     files = write_ct(tmp_path, vol, z_positions=zs)
     with pytest.raises(PatientDataError) as err:
         read_image_series(files)
-    assert err.value.code == "SERIES_NONUNIFORM_SPACING"
+    assert err.value.code == "SERIES_GAP"  # was SERIES_NONUNIFORM_SPACING before rule 15
+    assert "4.000 mm between positions 4.000 and 8.000" in err.value.message
     assert "missing slice" in err.value.message
 
 

@@ -94,7 +94,9 @@ def test_catalog_of_the_real_export(raw: Path):
     assert sorted(rows) == sorted(FILES)
     assert {n: r["modality"] for n, r in rows.items()} == {
         "ct.0.dcm": "CT", "rtss.dcm": "RTSTRUCT", "rtplan.dcm": "RTPLAN", "rtdose.dcm": "RTDOSE"}
-    assert set(res.files["patient_id"]) == {"123456"} and set(res.files["export"]) == {"example"}
+    # rule 17: the subject is the export folder; the real PatientID (123456) is checked, never stored
+    assert set(res.files["patient_id"]) == {"example"} and set(res.files["export"]) == {"example"}
+    assert "123456" not in str(res.files.drop("patient_id_hash").to_dicts())
     assert set(res.files["transfer_syntax_uid"]) == {"1.2.840.10008.1.2"}  # implicit VR little endian
     assert rows["rtss.dcm"]["structure_names"] == ROI_NAMES
     assert rows["rtss.dcm"]["referenced_frame_of_reference_uids"] == [FOR_UID]
@@ -107,7 +109,7 @@ def test_catalog_of_the_real_export(raw: Path):
     # the catalog's one reference column holds the RTPLAN and the structure set; the manifest's
     # plan references are those that are not a catalogued non-RTPLAN object
     assert sorted(dose["referenced_sop_instance_uids"]) == sorted([RTPLAN_UID, RTSTRUCT_UID])
-    patient = _patient_view("123456", res.files)
+    patient = _patient_view("example", res.files)
     assert _dose_part(patient.rtdoses[0], patient.non_plan_sops).plan_uids == {RTPLAN_UID}
 
 

@@ -4,12 +4,16 @@ All geometry is DICOM patient coordinates (LPS, mm), which is also SimpleITK's p
 
 Conventions (tested in `rtmap_assets_tests/test_readers_*.py`):
 - Image series are sorted by position along the slice normal (not by InstanceNumber or file name).
-  Any consistent orientation is accepted (axial, sagittal, coronal, oblique): the SimpleITK direction
-  matrix carries it, so resampling is exact. Refused with a `PatientDataError` instead of guessed:
-  mixed orientations (`series_mixed_orientation`), gantry tilt / sheared stacks where the slice
-  positions do not move along the normal (`series_gantry_tilt`), duplicated positions
-  (`series_duplicate_slice`), non-uniform slice spacing such as a missing slice
-  (`series_nonuniform_spacing`), fewer than two slices (`series_too_few_slices`), differing
+  Any consistent orientation is accepted (axial in HFS/HFP/FFS/FFP, sagittal, coronal, oblique): the
+  SimpleITK direction matrix carries it, so resampling is exact. Slice geometry follows rule 15 and
+  `rtmap_assets.dicom.slice_geometry` (tolerances from the trial config's `slice_geometry`): jittered
+  positions are placed on their lattice, irregular steps are resampled onto a uniform step (linear
+  between neighbouring true slices), identical duplicates are kept once. Refused with a
+  `PatientDataError` (measured size in the message) instead of guessed: a gap such as a missing slice
+  (`series_gap`), duplicated positions with different content (`series_duplicate_position`), mixed
+  orientations (`series_mixed_orientation`), gantry tilt / sheared stacks (`series_gantry_tilt`),
+  non-orthonormal direction cosines (`series_bad_orientation`), missing IOP/IPP
+  (`series_no_geometry`), fewer than two slices (`series_too_few_slices`), differing
   rows/columns/pixel spacing (`series_inconsistent_geometry`).
 - Pixel values are float32 after each slice's own RescaleSlope/RescaleIntercept (HU for CT).
 - Rasterisation: a voxel belongs to a structure when its centre lies inside the contour polygon
@@ -20,6 +24,10 @@ Conventions (tested in `rtmap_assets_tests/test_readers_*.py`):
   contour plane, and a structure thinner than the slice spacing lands on its nearest slice. So
   contours on planes between target slices go to the nearest slice, and a target grid coarser than
   the contour spacing takes one plane per slice instead of XOR-ing neighbouring planes together.
+  Contour planes need not be evenly spaced (they follow real slice positions, rule 15): between two
+  planes up to 1.5x the median plane spacing apart each slice takes its nearest plane (midpoint
+  rule); across a wider gap (part of the structure not drawn) only slices within half the median
+  spacing of a plane are filled.
 - RTDOSE: Gy = stored value x DoseGridScaling (uint16 or uint32 frames); DoseUnits RELATIVE is refused
   (`RTDOSE_RELATIVE`). GridFrameOffsetVector may be relative (first value 0, offsets along the normal
   from ImagePositionPatient) or absolute (first value equal to the z of ImagePositionPatient, only
@@ -39,11 +47,12 @@ import pydicom
 import SimpleITK as sitk
 from skimage.draw import polygon as draw_polygon
 
+from rtmap_assets.config import SliceGeometry
+from rtmap_assets.dicom import slice_geometry as sg
 from rtmap_assets.errors import PatientDataError
 
 log = logging.getLogger(__name__)
 
-_ORIENTATION_TOL = 1e-3  # direction cosines
 _SPACING_REL_TOL = 0.01  # 1 % of the slice spacing
 _SPACING_ABS_TOL_MM = 0.01
 
@@ -77,8 +86,40 @@ def _uniform_step(positions: np.ndarray, what: str, file: str | None) -> float:
     return float(np.mean(steps))
 
 
-def read_image_series(paths: Iterable[str | Path]) -> sitk.Image:
-    """A CT or MR series (one file per slice) as a float32 SimpleITK image, rescaled (HU for CT)."""
+def _slice_geometry_of(ds: pydicom.Dataset, file: str) -> tuple[np.ndarray, np.ndarray]:
+    """(IOP, IPP) of one slice, or `SERIES_NO_GEOMETRY` when a tag is missing or malformed."""
+    try:
+        iop = np.asarray([float(v) for v in ds.ImageOrientationPatient], dtype=float)
+        ipp = np.asarray([float(v) for v in ds.ImagePositionPatient], dtype=float)
+    except (AttributeError, TypeError, ValueError):
+        iop = ipp = np.zeros(0)
+    if iop.shape != (6,) or ipp.shape != (3,):
+        raise PatientDataError("series_no_geometry", "slice lacks a valid ImageOrientationPatient (6 values) or "
+                               "ImagePositionPatient (3 values)", file=file)
+    return iop, ipp
+
+
+def _rescaled(ds: pydicom.Dataset) -> np.ndarray:
+    slope = float(getattr(ds, "RescaleSlope", 1.0) or 1.0)
+    intercept = float(getattr(ds, "RescaleIntercept", 0.0) or 0.0)
+    return ds.pixel_array.astype(np.float32) * np.float32(slope) + np.float32(intercept)
+
+
+def read_image_series(paths: Iterable[str | Path], geometry: SliceGeometry | None = None) -> sitk.Image:
+    """A CT or MR series (one file per slice) as a float32 SimpleITK image, rescaled (HU for CT).
+
+    Slice geometry (rule 15) follows `geometry` (the trial config's `slice_geometry`; defaults when
+    None): jittered positions are placed on their lattice, irregular steps are resampled onto a
+    uniform step along the normal, gaps, conflicting duplicates, tilted or mixed stacks are refused
+    (conventions in `rtmap_assets.dicom.slice_geometry`).
+    """
+    return read_image_series_with_layout(paths, geometry)[0]
+
+
+def read_image_series_with_layout(paths: Iterable[str | Path], geometry: SliceGeometry | None = None
+                                  ) -> tuple[sitk.Image, sg.SliceLayout]:
+    """`read_image_series` and the `SliceLayout` it used (kind uniform/jitter/irregular, duplicates dropped)."""
+    cfg = geometry if geometry is not None else SliceGeometry()
     files = [str(p) for p in paths]
     if len(files) < 2:
         raise PatientDataError("series_too_few_slices", f"series has {len(files)} slice(s); need at least 2",
@@ -88,42 +129,44 @@ def read_image_series(paths: Iterable[str | Path]) -> sitk.Image:
     if getattr(first, "NumberOfFrames", 1) not in (None, 1, "1", ""):
         raise PatientDataError("series_multiframe", "multi-frame (enhanced) image objects are not supported",
                                file=files[0])
-    iop0 = np.asarray(first.ImageOrientationPatient, dtype=float)
-    direction = _direction_from_iop(iop0)
+    geo = [_slice_geometry_of(ds, f) for f, ds in zip(files, slices)]
+    iops = np.array([g[0] for g in geo])
+    ipp = np.array([g[1] for g in geo])
+    direction = sg.normal_from_iop(iops[0], file=files[0])
+    sg.check_same_orientation(iops, cfg.orientation_tolerance, files)
     normal = direction[:, 2]
     rows, cols = int(first.Rows), int(first.Columns)
     pix = np.asarray(first.PixelSpacing, dtype=float)  # [row spacing (between rows), column spacing]
     for f, ds in zip(files, slices):
-        if np.max(np.abs(np.asarray(ds.ImageOrientationPatient, dtype=float) - iop0)) > _ORIENTATION_TOL:
-            raise PatientDataError("series_mixed_orientation", "slices have different ImageOrientationPatient",
-                                   file=f)
         if (int(ds.Rows), int(ds.Columns)) != (rows, cols) or np.max(
                 np.abs(np.asarray(ds.PixelSpacing, dtype=float) - pix)) > 1e-4:
-            raise PatientDataError("series_inconsistent_geometry", "slices differ in size or pixel spacing", file=f)
-    ipp = np.array([np.asarray(ds.ImagePositionPatient, dtype=float) for ds in slices])
+            raise PatientDataError("series_inconsistent_geometry",
+                                   f"slices differ in size or pixel spacing: {int(ds.Rows)}x{int(ds.Columns)} at "
+                                   f"{list(np.asarray(ds.PixelSpacing, dtype=float))} mm vs {rows}x{cols} at "
+                                   f"{list(pix)} mm", file=f)
     along = ipp @ normal
-    order = np.argsort(along)
+    order = np.argsort(along, kind="stable")
     ipp, along = ipp[order], along[order]
     slices = [slices[i] for i in order]
     files = [files[i] for i in order]
-    step = _uniform_step(along, "image series", files[0])
-    # Gantry tilt (or a sheared stack): consecutive origins move off the normal.
-    offsets = np.diff(ipp, axis=0)
-    perpendicular = offsets - np.outer(offsets @ normal, normal)
-    if np.max(np.linalg.norm(perpendicular, axis=1)) > max(0.01, 0.01 * step):
-        raise PatientDataError("series_gantry_tilt",
-                               "slice origins do not move along the slice normal (gantry tilt or sheared stack); "
-                               "refusing rather than resampling", file=files[0])
+    sg.check_not_tilted(ipp, normal, cfg.max_tilt_deg, file=files[0])
     volume = np.empty((len(slices), rows, cols), dtype=np.float32)
     for k, ds in enumerate(slices):
-        slope = float(getattr(ds, "RescaleSlope", 1.0) or 1.0)
-        intercept = float(getattr(ds, "RescaleIntercept", 0.0) or 0.0)
-        volume[k] = ds.pixel_array.astype(np.float32) * slope + intercept
+        volume[k] = _rescaled(ds)
+    layout = sg.classify_positions(along, cfg, pixels=volume, file=files[0])
+    if layout.dropped_duplicates:
+        volume = volume[layout.kept]  # (a copy: only when something was dropped)
+        log.info("%s: duplicated slice positions with identical content kept once (position, distance mm): %s",
+                 files[0], [(round(p, 3), round(d, 3)) for p, d in layout.dropped_duplicates])
+    if layout.needs_resampling:
+        volume = sg.resample_along_normal(volume, layout.positions_mm, layout.target_positions_mm)
     image = sitk.GetImageFromArray(volume)
-    image.SetOrigin(tuple(ipp[0]))
-    image.SetSpacing((float(pix[1]), float(pix[0]), step))
+    # In-plane origin from the first slice (all origins lie on one line along the normal: tilt checked).
+    origin = ipp[0] + (layout.origin_mm - along[0]) * normal
+    image.SetOrigin(tuple(float(v) for v in origin))
+    image.SetSpacing((float(pix[1]), float(pix[0]), float(layout.step_mm)))
     image.SetDirection(tuple(direction.flatten()))
-    return image
+    return image, layout
 
 
 # ---------------------------------------------------------------------------------------------- RTSTRUCT
@@ -223,7 +266,7 @@ def rasterise(source: RTStruct | Sequence[np.ndarray], name: str | None, referen
         plane_masks: dict[float, np.ndarray] = {}
         for kz in sorted(t for t in targets if 0 <= t < nz):
             j = int(np.argmin(np.abs(keys - kz)))
-            if abs(keys[j] - kz) > reach + 1e-6:
+            if abs(keys[j] - kz) > _plane_reach(keys, kz, half, reach) + 1e-6:
                 continue
             key = float(keys[j])
             if key not in plane_masks:
@@ -232,6 +275,22 @@ def rasterise(source: RTStruct | Sequence[np.ndarray], name: str | None, referen
     mask = sitk.GetImageFromArray(out)
     mask.CopyInformation(reference)
     return mask
+
+
+def _plane_reach(keys: np.ndarray, kz: float, half: float, reach: float) -> float:
+    """How far (slices) target slice `kz` may be from its nearest contour plane and still take it.
+
+    Real contour planes follow real slice positions (rule 15: 2.4-2.6 mm steps on a 2.5 mm series), so
+    between two planes up to 1.5x the usual spacing apart a slice takes its nearest plane up to the
+    midpoint (no slice is skipped because a local gap exceeds the median); a wider gap (a part of the
+    structure not drawn) is filled only within half the usual spacing of each plane.
+    """
+    i = int(np.searchsorted(keys, kz))
+    if 0 < i < len(keys):
+        gap = float(keys[i] - keys[i - 1])
+        if gap <= 3.0 * half:
+            return max(reach, 0.5 * gap)
+    return reach
 
 
 def _fill_plane(polys: list[np.ndarray], nx: int, ny: int) -> np.ndarray:

@@ -42,7 +42,7 @@ from rtmap_assets.pipeline.volumes import PatientVolumes, StructureMask
 log = logging.getLogger(__name__)
 STAGE = "imaging"
 # The configuration sections this stage reads: its data version hashes these and nothing else.
-CONFIG_SECTIONS = ("arms", "aliases", "grid_spacing_mm", "registration")
+CONFIG_SECTIONS = ("arms", "aliases", "grid_spacing_mm", "registration", "slice_geometry")
 
 REGISTRATION_QC_SCHEMA: dict[str, pl.DataType] = {
     "patient_id": pl.String(), "engine": pl.String(), "relapse_modality": pl.String(),
@@ -141,9 +141,9 @@ def run_imaging(manifest_rows: pl.DataFrame, config: TrialConfig, out_dir: Path,
 
     # ---- read
     t = time.perf_counter()
-    plan_ct = read_image_series(_role_files(manifest_rows, "planning_ct", raw_root))
+    plan_ct = read_image_series(_role_files(manifest_rows, "planning_ct", raw_root), config.slice_geometry)
     rel_files = _role_files(manifest_rows, "relapse_image", raw_root)
-    relapse = read_image_series(rel_files)
+    relapse = read_image_series(rel_files, config.slice_geometry)
     rel_modality = str(manifest_rows.filter(pl.col("role") == "relapse_image")["modality"][0] or "CT")
     plan_rs_file = _role_files(manifest_rows, "planning_rtstruct", raw_root)[0]
     rel_rs_file = _role_files(manifest_rows, "relapse_rtstruct", raw_root)[0]
