@@ -100,6 +100,7 @@ class DeltaStore:
             root = os.path.abspath(root)  # delta-rs and DuckDB resolve relative paths differently
         self.root = root.rstrip("/")
         self.storage_options = dict(storage_options) if storage_options else None
+        self.commit_retries = 0  # lost commit races retried by this instance (for tests and logs)
 
     @property
     def is_local(self) -> bool:
@@ -184,6 +185,7 @@ class DeltaStore:
             except (CommitFailedError, DeltaError) as err:
                 if attempt == MAX_COMMIT_ATTEMPTS or not _is_commit_conflict(err):
                     raise
+                self.commit_retries += 1
                 time.sleep(delay * (0.5 + random.random()))
                 delay = min(delay * 2, BACKOFF_MAX_S)
         version = self.version(spec)
