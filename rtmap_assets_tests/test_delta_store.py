@@ -3,13 +3,10 @@ concurrent writers in two processes, readers that never see half a replace, Duck
 
 from __future__ import annotations
 
-import datetime as dt
 import multiprocessing as mp
 import os
-import shutil
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import duckdb
@@ -17,49 +14,12 @@ import polars as pl
 import pytest
 
 from rtmap_assets.lake.contract import TableSpec
-from rtmap_assets.lake.delta_store import (
-    DeltaStore,
-    LakeSchemaError,
-    register_lake_views,
-    snapshot_view_sql,
-)
+from rtmap_assets.lake.delta_store import DeltaStore, LakeSchemaError, register_lake_views, snapshot_view_sql
 
-METRICS = TableSpec(
-    name="metrics",
-    partitioning="patient",
-    schema={
-        "patient_id": pl.String,
-        "structure": pl.String,
-        "volume_cc": pl.Float64,
-        "n_voxels": pl.UInt32,
-        "scan_date": pl.Date,
-        "computed_at": pl.Datetime("us"),
-        "run": pl.Int64,
-    },
-)
-ISSUES = TableSpec(
-    name="issues",
-    partitioning="patient",
-    schema={"patient_id": pl.String, "stage": pl.String, "code": pl.String, "message": pl.String},
-    replace_keys=("patient_id", "stage"),
-)
-CATALOG = TableSpec(name="catalog", partitioning="cohort",
-                    schema={"patient_id": pl.String, "n_files": pl.Int64})
-
-
-def metrics_rows(patient_id: str, n: int, run: int = 0) -> pl.DataFrame:
-    return pl.DataFrame(
-        {
-            "patient_id": [patient_id] * n,
-            "structure": [f"S{i}" for i in range(n)],
-            "volume_cc": [1.5 * i + run for i in range(n)],
-            "n_voxels": [10 * i for i in range(n)],
-            "scan_date": [dt.date(2024, 1, 2)] * n,
-            "computed_at": [dt.datetime(2024, 1, 2, 3, 4, 5, 678)] * n,
-            "run": [run] * n,
-        },
-        schema=METRICS.schema,
-    )
+try:
+    from rtmap_assets_tests.lake_tables import CATALOG, ISSUES, METRICS, _writer, metrics_rows
+except ImportError:  # pytest's rootdir-relative import mode
+    from lake_tables import CATALOG, ISSUES, METRICS, _writer, metrics_rows
 
 
 def test_missing_table_reads_empty_with_contract_schema(tmp_path):
@@ -167,14 +127,6 @@ def test_replace_all_and_maintain_compacts_and_vacuums(tmp_path):
 
 
 # --- two processes ---------------------------------------------------------------------------
-
-def _writer(root: str, patient_id: str, rounds: int, n_rows: int, retries=None) -> None:
-    store = DeltaStore(root)
-    for run in range(rounds):
-        store.replace_patient(METRICS, patient_id, metrics_rows(patient_id, n_rows, run=run))
-    if retries is not None:
-        retries.put(store.commit_retries)
-
 
 @pytest.mark.slow
 def test_two_processes_replacing_different_patients_both_land(tmp_path):
