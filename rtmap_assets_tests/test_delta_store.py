@@ -113,12 +113,13 @@ def test_replace_all_and_maintain_compacts_and_vacuums(tmp_path):
     table_dir = Path(store.uri(METRICS))
     assert len(list(table_dir.glob("*.parquet"))) == 6
     out = store.maintain(METRICS, vacuum_retention_hours=0)
-    assert out["files_before"] == 6 and out["files_after"] == 1
+    assert out["files_before"] == 6 and out["files_after"] == 1 and out["optimize"] == "z_order"
     assert out["files_compacted_removed"] == 6 and out["files_compacted_added"] == 1
     assert out["files_vacuumed"] == 6
     assert len(list(table_dir.glob("*.parquet"))) == 1
     assert list((table_dir / "_delta_log").glob("*.checkpoint.parquet"))
     assert store.read(METRICS).sort("patient_id", "structure").equals(before)
+    assert store.maintain(METRICS, vacuum_retention_hours=0)["optimize"] == "skipped"  # one file already
     assert store.maintain(TableSpec(name="nope", partitioning="cohort", schema={})) == {"table": "nope", "exists": False}
     # After compaction every patient shares one file: a replace rewrites it and keeps the others' rows.
     store.replace_patient(METRICS, "P3", metrics_rows("P3", 1, run=9))
