@@ -81,6 +81,8 @@ def test_schema_enforcement_names_the_columns(tmp_path):
         store.replace_patient(METRICS, "P1", metrics_rows("P9", 2))
     with pytest.raises(LakeSchemaError, match=r"replace keys not in the contract: \['stage'\]"):
         store.replace_patient(METRICS, "P1", good, stage="imaging")
+    with pytest.raises(LakeSchemaError, match=r"replaced by \['patient_id', 'stage'\], got keys \['patient_id'\]"):
+        store.replace_patient(ISSUES, "P1", ISSUES.empty())
     assert not store.exists(METRICS)  # nothing was written by the refused calls
     # Castable columns in another order/type are conformed: Int64 -> UInt32, column order from the contract.
     shuffled = good.with_columns(pl.col("n_voxels").cast(pl.Int64)).select(list(reversed(good.columns)))

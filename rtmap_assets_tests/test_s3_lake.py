@@ -24,15 +24,32 @@ boto3 = pytest.importorskip("boto3")
 moto_server = pytest.importorskip("moto.server")
 
 
-@pytest.fixture(scope="module")
-def s3_endpoint():
+def _serve_s3(ready, stop) -> None:
     server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
-    host, port = server.get_host_and_port()
+    ready.put(server.get_host_and_port())
+    stop.wait()
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint():
+    """moto's S3 server on a free loopback port, in its own process: some delta-rs calls keep the
+    GIL while they wait for the server (QueryBuilder.execute, is_deltatable), so a server thread in
+    this process would never answer them."""
+    ctx = mp.get_context("spawn")
+    ready, stop = ctx.Queue(), ctx.Event()
+    proc = ctx.Process(target=_serve_s3, args=(ready, stop), daemon=True)
+    proc.start()
     try:
+        host, port = ready.get(timeout=120)
         yield f"http://{host}:{port}"
     finally:
-        server.stop()
+        stop.set()
+        proc.join(20)
+        if proc.is_alive():
+            proc.kill()
+            proc.join(5)
 
 
 @pytest.fixture

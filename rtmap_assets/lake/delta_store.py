@@ -23,13 +23,17 @@ import os
 import random
 import time
 from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING
 
 import polars as pl
-import pyarrow as pa
 from deltalake import DeltaTable, QueryBuilder, write_deltalake
 from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 
 from rtmap_assets.lake.contract import TableSpec
+
+if TYPE_CHECKING:  # pyarrow only for the DuckDB registration: importing it costs seconds (pandas)
+    import pyarrow as pa
+    import pyarrow.dataset
 
 # Bounded retry of a whole write when another process committed first (conflicting files, or the
 # same version number taken): ~10 attempts, exponential backoff with jitter, ~6 s worst case in all.
@@ -115,8 +119,8 @@ class DeltaStore:
             return None
 
     def exists(self, spec: TableSpec) -> bool:
-        # Not DeltaTable.is_deltatable: on an s3:// endpoint set by AWS_ENDPOINT_URL (moto here) it
-        # hung for minutes in deltalake 1.6.6, while opening the table answers in milliseconds.
+        # Opening the table, not DeltaTable.is_deltatable: that one keeps the GIL during its I/O in
+        # deltalake 1.6.6 (it hung against an S3 server running in the same Python process).
         return self._table(spec) is not None
 
     def version(self, spec: TableSpec) -> int | None:
@@ -125,7 +129,7 @@ class DeltaStore:
 
     # --- reading ---------------------------------------------------------------------------
 
-    def dataset(self, spec: TableSpec):
+    def dataset(self, spec: TableSpec) -> pyarrow.dataset.Dataset | None:
         """The table's current snapshot as a pyarrow dataset (None if the table does not exist)."""
         dt = self._table(spec)
         return None if dt is None else dt.to_pyarrow_dataset()
@@ -155,11 +159,11 @@ class DeltaStore:
         sql = "SELECT " + ", ".join(f'"{c}"' for c in select) + " FROM t"
         if patient_id is not None:
             sql += " WHERE " + replace_predicate({"patient_id": patient_id})
-        table = pa.table(QueryBuilder().register("t", dt).execute(sql).read_all())
-        df = pl.from_arrow(table)
-        assert isinstance(df, pl.DataFrame)
+        # Straight into polars over the Arrow C stream: `pa.table(...)` here cost ~3 s on first use in
+        # a process (it imports pandas), and every Dagster step is a fresh process.
+        df = pl.DataFrame(QueryBuilder().register("t", dt).execute(sql).read_all())
         return pl.DataFrame(
-            [df.get_column(c).cast(t) if c in stored else pl.Series(c, [None] * table.num_rows, dtype=t)
+            [df.get_column(c).cast(t) if c in stored else pl.Series(c, [None] * df.height, dtype=t)
              for c, t in schema.items()]
         )
 
@@ -204,6 +208,11 @@ class DeltaStore:
         unknown = [k for k in match if k not in spec.schema]
         if unknown:
             raise LakeSchemaError(f"table {spec.name!r}: replace keys not in the contract: {unknown}")
+        if set(match) != set(spec.replace_keys):
+            # e.g. pipeline_issues without stage= would delete the patient's issues of every stage
+            raise LakeSchemaError(
+                f"table {spec.name!r} is replaced by {list(spec.replace_keys)}, got keys {list(match)}"
+            )
         data = conform(spec, df)
         for col, val in match.items():
             bad = data.filter(pl.col(col).cast(pl.String).ne_missing(str(val)))
@@ -213,12 +222,11 @@ class DeltaStore:
                     f"table {spec.name!r}: replacing {col}={val!r} but {bad.height} of {data.height} "
                     f"rows have {col} in {found}"
                 )
-        arrow = data.to_arrow()
         predicate = replace_predicate(match)
 
         def write() -> None:
             # Re-evaluated on each attempt: the table may have been created by the other writer.
-            write_deltalake(self.uri(spec), arrow, mode="overwrite", predicate=predicate,
+            write_deltalake(self.uri(spec), data, mode="overwrite", predicate=predicate,
                             schema_mode=self._schema_mode(spec), storage_options=self.storage_options)
 
         return self._commit(spec, write)
@@ -226,10 +234,10 @@ class DeltaStore:
     def replace_all(self, spec: TableSpec, df: pl.DataFrame) -> int:
         """Replace the whole table with `df` (cohort tables) in one transaction; the contract's
         schema replaces the stored one (columns dropped from the contract go too)."""
-        arrow = conform(spec, df).to_arrow()
+        data = conform(spec, df)
 
         def write() -> None:
-            write_deltalake(self.uri(spec), arrow, mode="overwrite", schema_mode="overwrite",
+            write_deltalake(self.uri(spec), data, mode="overwrite", schema_mode="overwrite",
                             storage_options=self.storage_options)
 
         return self._commit(spec, write)
@@ -282,7 +290,7 @@ class DeltaStore:
         }
 
 
-def empty_arrow(spec: TableSpec) -> pa.Table:
+def empty_arrow(spec: TableSpec) -> "pa.Table":
     return spec.empty().to_arrow()
 
 
