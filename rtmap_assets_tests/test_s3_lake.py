@@ -73,6 +73,7 @@ def _keys(client, bucket: str, prefix: str) -> list[str]:
     return sorted(o["Key"] for o in out.get("Contents", []))
 
 
+@pytest.mark.slow  # the S3 server process starts in 2–8 s
 def test_server_honours_conditional_put(bucket):
     client, name = bucket
     client.put_object(Bucket=name, Key="probe", Body=b"1", IfNoneMatch="*")
