@@ -105,6 +105,10 @@ def test_contract_adds_a_column_old_rows_read_null(tmp_path):
 
 def test_replace_all_and_maintain_compacts_and_vacuums(tmp_path):
     store = DeltaStore(tmp_path / "lake")
+    assert store.ensure(ISSUES) == 0 and store.exists(ISSUES) and store.read(ISSUES).height == 0
+    store.replace_patient(ISSUES, "P1", pl.DataFrame({"patient_id": ["P1"], "stage": ["s"], "code": ["C"],
+                                                      "message": ["m"]}), stage="s")
+    assert store.ensure(ISSUES) == 1 and store.read(ISSUES).height == 1  # existing table untouched
     assert store.replace_all(CATALOG, pl.DataFrame({"patient_id": ["P1", "P2"], "n_files": [3, 4]})) == 0
     assert store.replace_all(CATALOG, pl.DataFrame({"patient_id": ["P3"], "n_files": [5]})) == 1
     assert store.read(CATALOG).rows() == [("P3", 5)]

@@ -237,6 +237,17 @@ class DeltaStore:
 
         return self._commit(spec, write)
 
+    def ensure(self, spec: TableSpec) -> int:
+        """Create the table empty, with the contract schema, if it does not exist (a no-op
+        otherwise); returns its version. dbt's delta plugin fails on a missing table, so every
+        contract table should exist before the first `dbt build`."""
+        empty = conform(spec, spec.empty())
+
+        def write() -> None:
+            write_deltalake(self.uri(spec), empty, mode="ignore", storage_options=self.storage_options)
+
+        return self._commit(spec, write)
+
     def replace_all(self, spec: TableSpec, df: pl.DataFrame) -> int:
         """Replace the whole table with `df` (cohort tables) in one transaction; the contract's
         schema replaces the stored one (columns dropped from the contract go too)."""
