@@ -48,8 +48,9 @@ def metrics_rows(patient_id: str, n: int, run: int = 0) -> pl.DataFrame:
 
 
 def _writer(root: str, patient_id: str, rounds: int, n_rows: int, retries=None) -> None:
+    """Replace `patient_id` `rounds` times; put (commit retries, versions returned) on `retries`."""
     store = DeltaStore(root)
-    for run in range(rounds):
-        store.replace_patient(METRICS, patient_id, metrics_rows(patient_id, n_rows, run=run))
+    versions = [store.replace_patient(METRICS, patient_id, metrics_rows(patient_id, n_rows, run=run))
+                for run in range(rounds)]
     if retries is not None:
-        retries.put(store.commit_retries)
+        retries.put((store.commit_retries, versions))

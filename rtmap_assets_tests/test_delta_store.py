@@ -153,8 +153,11 @@ def test_two_processes_replacing_different_patients_both_land(tmp_path):
     for p in procs:
         p.join(120)
         assert p.exitcode == 0
-    n_retries = retries.get(timeout=5) + retries.get(timeout=5)
-    print(f"commit retries in the two writers: {n_retries}")
+    (r1, v1), (r2, v2) = retries.get(timeout=5), retries.get(timeout=5)
+    print(f"commit retries in the two writers: {r1 + r2}")
+    # Each replace returned the version of its own commit: all distinct, in order per writer.
+    assert sorted(v1 + v2) == list(range(start_version + 1, start_version + 17))
+    assert v1 == sorted(v1) and v2 == sorted(v2)
     got = store.read(METRICS)
     for pid in ("PA", "PB"):
         rows = got.filter(pl.col("patient_id") == pid)

@@ -123,7 +123,9 @@ def test_concurrent_replace_on_s3_both_land(bucket):
     for p in procs:
         p.join(180)
         assert p.exitcode == 0
-    print(f"commit retries on s3: {retries.get(timeout=5) + retries.get(timeout=5)}")
+    (r1, v1), (r2, v2) = retries.get(timeout=5), retries.get(timeout=5)
+    print(f"commit retries on s3: {r1 + r2}")
+    assert sorted(v1 + v2) == list(range(start_version + 1, start_version + 11))
     got = store.read(METRICS)
     for pid in ("PA", "PB"):
         rows = got.filter(pl.col("patient_id") == pid)

@@ -22,11 +22,12 @@ from __future__ import annotations
 import os
 import random
 import time
+import uuid
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
 
 import polars as pl
-from deltalake import DeltaTable, QueryBuilder, write_deltalake
+from deltalake import CommitProperties, DeltaTable, QueryBuilder, write_deltalake
 from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 
 from rtmap_assets.lake.contract import TableSpec
@@ -190,11 +191,14 @@ class DeltaStore:
         return "merge" if any(c not in stored for c in spec.schema) else None
 
     def _commit(self, spec: TableSpec, write) -> int:
-        """Run `write()` until it commits, retrying lost commit races with bounded backoff."""
+        """Run `write(commit_properties)` until it commits, retrying lost commit races with bounded
+        backoff; returns the version of OUR commit (another writer may have committed since)."""
+        write_id = uuid.uuid4().hex
+        props = CommitProperties(custom_metadata={"rtmap.write_id": write_id})
         delay = BACKOFF_FIRST_S
         for attempt in range(1, MAX_COMMIT_ATTEMPTS + 1):
             try:
-                write()
+                write(props)
                 break
             except (CommitFailedError, DeltaError) as err:
                 if attempt == MAX_COMMIT_ATTEMPTS or not _is_commit_conflict(err):
@@ -202,9 +206,13 @@ class DeltaStore:
                 self.commit_retries += 1
                 time.sleep(delay * (0.5 + random.random()))
                 delay = min(delay * 2, BACKOFF_MAX_S)
-        version = self.version(spec)
-        assert version is not None
-        return version
+        dt = self._table(spec)
+        assert dt is not None
+        for entry in dt.history(limit=64):
+            if entry.get("rtmap.write_id") == write_id:
+                return int(entry["version"])
+        # No commit of ours: a no-op (ensure on an existing table, nothing to optimize).
+        return dt.version()
 
     def replace_patient(self, spec: TableSpec, patient_id: str, df: pl.DataFrame, **keys: str) -> int:
         """Replace the rows of `patient_id` (narrowed by `keys`, e.g. stage="imaging") with `df` in
@@ -230,10 +238,11 @@ class DeltaStore:
                 )
         predicate = replace_predicate(match)
 
-        def write() -> None:
+        def write(props: CommitProperties) -> None:
             # Re-evaluated on each attempt: the table may have been created by the other writer.
             write_deltalake(self.uri(spec), data, mode="overwrite", predicate=predicate,
-                            schema_mode=self._schema_mode(spec), storage_options=self.storage_options)
+                            schema_mode=self._schema_mode(spec), storage_options=self.storage_options,
+                            commit_properties=props)
 
         return self._commit(spec, write)
 
@@ -243,8 +252,9 @@ class DeltaStore:
         contract table should exist before the first `dbt build`."""
         empty = conform(spec, spec.empty())
 
-        def write() -> None:
-            write_deltalake(self.uri(spec), empty, mode="ignore", storage_options=self.storage_options)
+        def write(props: CommitProperties) -> None:
+            write_deltalake(self.uri(spec), empty, mode="ignore", storage_options=self.storage_options,
+                            commit_properties=props)
 
         return self._commit(spec, write)
 
@@ -253,9 +263,9 @@ class DeltaStore:
         schema replaces the stored one (columns dropped from the contract go too)."""
         data = conform(spec, df)
 
-        def write() -> None:
+        def write(props: CommitProperties) -> None:
             write_deltalake(self.uri(spec), data, mode="overwrite", schema_mode="overwrite",
-                            storage_options=self.storage_options)
+                            storage_options=self.storage_options, commit_properties=props)
 
         return self._commit(spec, write)
 
@@ -279,12 +289,12 @@ class DeltaStore:
         by_patient = "patient_id" in spec.schema
         strategy = "skipped" if files_before <= 1 else ("z_order" if by_patient else "compact")
 
-        def optimize() -> None:
+        def optimize(props: CommitProperties) -> None:
             table = DeltaTable(self.uri(spec), storage_options=self.storage_options)
             if strategy == "z_order":
-                metrics.update(table.optimize.z_order(["patient_id"]))
+                metrics.update(table.optimize.z_order(["patient_id"], commit_properties=props))
             elif strategy == "compact":
-                metrics.update(table.optimize.compact())
+                metrics.update(table.optimize.compact(commit_properties=props))
 
         self._commit(spec, optimize)
         dt = DeltaTable(self.uri(spec), storage_options=self.storage_options)
