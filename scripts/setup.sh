@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up rtmap on a fresh machine (Python 3.11 + pip + root): a venv in .venv with the pinned stack.
 #   scripts/setup.sh            runtime + test dependencies
-#   RTMAP_SYSTEM_PACKAGES=1     also apt-get Debian's chromium (UI test) and elastix (seed engine)
+#   RTMAP_SYSTEM_PACKAGES=1     also apt-get Debian's chromium (UI test), elastix (seed engine) and
+#                               redis-server (broker of the Celery executor profile and its test)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3.11}
@@ -20,6 +21,7 @@ if [ "${RTMAP_SYSTEM_PACKAGES:-0}" = 1 ]; then
   need=()
   command -v chromium >/dev/null || need+=(chromium chromium-driver)
   command -v elastix >/dev/null || need+=(elastix)
+  command -v redis-server >/dev/null || need+=(redis-server)
   if [ ${#need[@]} -gt 0 ]; then
     SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
     $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
