@@ -80,6 +80,9 @@ def build_lake(data_dir: Path, trial: str = "SYNTH-HN") -> Lake:
 
 def dbt_build(data_dir: Path, *, extra: list[str] | None = None) -> Path:
     """`dbt build` of the project over data_dir/lake into data_dir/rtmap.duckdb (artefacts in data_dir)."""
+    from rtmap_assets.lake.contract import TABLES
+
+    Lake(data_dir / "lake").ensure_all(TABLES.values())  # dbt's delta plugin reads every source table
     db = data_dir / "rtmap.duckdb"
     env = {**os.environ, "RTMAP_LAKE": str(data_dir / "lake"), "RTMAP_DUCKDB": str(db),
            "DBT_SEND_ANONYMOUS_USAGE_STATS": "false"}

@@ -43,14 +43,16 @@ def test_lake_replaces_and_reads_patients_through_the_contract(tmp_path):
 
 
 def test_lake_refuses_rows_that_break_the_contract(tmp_path):
-    with pytest.raises(ValueError, match=r"missing \['y'\], unexpected \['z'\]"):
+    with pytest.raises(ValueError, match=r"missing columns \['y'\], extra columns \['z'\]"):
         Lake(tmp_path).replace_patient(SPEC, "P1", pl.DataFrame({"patient_id": ["P1"], "x": [1.0], "z": [1]}))
 
 
 def test_issues_are_not_written_when_there_were_none_and_are_none(tmp_path):
+    from rtmap_assets.lake.contract import PIPELINE_ISSUES
+
     lake = Lake(tmp_path)
     record_issues(lake, "P1", "imaging", [])
-    assert not (tmp_path / "pipeline_issues").exists()
+    assert not lake.store.exists(PIPELINE_ISSUES)
 
 
 def test_issues_replace_per_stage(tmp_path):

@@ -19,10 +19,10 @@ SOURCES = ROOT / "dbt_models" / "models" / "sources.yml"
 sys.path.insert(0, str(ROOT))
 
 HEADER = "# Generated from rtmap_assets/lake/contract.py by scripts/dbt_sources.py: edit the contract, not this file.\n"
-# Every table is a set of Parquet files (cohort tables one file, per-patient tables one file per patient=<id>/
-# folder); union_by_name keeps old and new columns readable side by side.
-LOCATION = ("read_parquet('{{ var('rtmap_lake', env_var('RTMAP_LAKE', '../data/lake')) }}/{name}/**/*.parquet', "
-            "union_by_name = true, hive_partitioning = false)")
+# Every table is a Delta Lake table read through dbt-duckdb's `delta` plugin (deltalake, no DuckDB
+# extension), copied into the DuckDB file at build time (`materialization: table`: the plugin's default
+# view would point at a data frame that exists only during the dbt run).
+LAKE = "{{ var('rtmap_lake', env_var('RTMAP_LAKE', '../data/lake')) }}"
 
 
 def duckdb_type(t: pl.DataType) -> str:
@@ -47,15 +47,17 @@ def sources_yaml() -> str:
         tables.append({
             "name": spec.name,
             "description": spec.description,
-            "meta": {"partitioning": spec.partitioning},
+            "meta": {"partitioning": spec.partitioning, "delta_table_path": f"{LAKE}/{spec.name}"},
             "columns": [{"name": c, "data_type": duckdb_type(t),
                          **({"description": spec.column_descriptions[c]} if c in spec.column_descriptions else {})}
                         for c, t in spec.schema.items()],
         })
     doc = {"version": 2, "sources": [{
         "name": "lake",
-        "description": "Tables the Dagster assets write under data/lake, declared in the lake contract.",
-        "meta": {"external_location": LOCATION},
+        "description": "Delta Lake tables the Dagster assets write under data/lake, declared in the lake contract.",
+        "schema": "lake",
+        "config": {"plugin": "delta"},
+        "meta": {"materialization": "table"},
         "tables": tables,
     }]}
     return HEADER + yaml.safe_dump(doc, sort_keys=False, width=200)

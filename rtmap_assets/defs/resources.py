@@ -24,6 +24,9 @@ class RtmapPaths(dg.ConfigurableResource):
     """Folders of one rtmap deployment; everything the pipeline writes lives under `data_dir`."""
 
     data_dir: str = "data"
+    # Where the Delta tables live: empty = <data_dir>/lake; or an s3://bucket/prefix URL (credentials and
+    # endpoint from the environment only, see docs/SCALE.md). Per-patient files stay under data_dir.
+    lake_uri: str = ""
 
     @property
     def root(self) -> Path:
@@ -47,7 +50,7 @@ class RtmapPaths(dg.ConfigurableResource):
 
     @property
     def lake(self) -> Lake:
-        return Lake(self.root / "lake")
+        return Lake(self.root / "lake", tables_uri=self.lake_uri or None)
 
 
 @lru_cache(maxsize=8)
@@ -75,7 +78,7 @@ def _from_env(name: str, default: str):
 @dg.definitions
 def resources() -> dg.Definitions:
     return dg.Definitions(resources={
-        "paths": RtmapPaths(data_dir=_from_env("RTMAP_DATA_DIR", "data")),
+        "paths": RtmapPaths(data_dir=_from_env("RTMAP_DATA_DIR", "data"), lake_uri=_from_env("RTMAP_LAKE_URI", "")),
         "trial": TrialSettings(config_path=_from_env("RTMAP_TRIAL_CONFIG", "")),
         "dbt": DbtCliResource(project_dir=str(DBT_DIR), profiles_dir=str(DBT_DIR), dbt_executable=DBT_EXECUTABLE),
     })

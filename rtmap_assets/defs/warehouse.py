@@ -21,6 +21,7 @@ from rtmap_assets.defs.cohort import COHORT, COHORT_AUTOMATION
 from rtmap_assets.config import TrialConfig
 from rtmap_assets.defs.resources import DBT_DIR, DBT_EXECUTABLE, RtmapPaths, TrialSettings
 from rtmap_assets.figures.dashboard import build_cohort_dashboard
+from rtmap_assets.lake.contract import TABLES
 
 # The manifest is built by scripts/setup.sh (`dbt parse`); under `dagster dev` it is refreshed on load.
 dbt_project = DbtProject(project_dir=DBT_DIR, profiles_dir=DBT_DIR)
@@ -132,6 +133,7 @@ def warehouse_models(context: dg.AssetExecutionContext, dbt: DbtCliResource, pat
     the file open keeps a consistent snapshot and never blocks the refresh.
     """
     target = dbt_run_target(paths, context.run.run_id)
+    paths.lake.ensure_all(TABLES.values())  # dbt's delta plugin needs every source table to exist
     with swapped_duckdb(paths.duckdb_path, context.run.run_id) as building:
         dbt_args = dbt_vars(paths, trial.config, duckdb_path=building)
         parents = staging_parents_args(context)

@@ -1,10 +1,13 @@
-"""The lake: tables declared in `rtmap_assets.lake.contract`, stored under one root, and files beside them.
+"""The lake: tables declared in `rtmap_assets.lake.contract`, stored as Delta Lake tables, and files
+beside them.
 
 Every reader and writer goes through `Lake` with a `TableSpec` from the contract (never a table name
-typed as a string). Rows are conformed to the contract on every write. Today's storage: Parquet,
-"cohort" tables one file `<table>/data.parquet`, "patient" tables one file per patient (and per extra
-replace key, e.g. stage) under `<table>/patient=<id>/`. Every write goes to a temporary name in the
-destination folder and is renamed into place, so a reader never sees half a file.
+typed as a string). Tables live in Delta Lake (`delta_store.DeltaStore`): rows are conformed to the
+contract on every write, a patient's rows are replaced in one ACID commit (readers see the old or the
+new rows, never half), and `maintain` compacts and vacuums. The tables' root may be a local folder
+(default: the lake folder itself) or an `s3://` URL; per-patient files (NIfTI volumes, masks,
+transforms, figures, dashboards, CSVs) stay in the local lake folder and are written to a temporary
+name and renamed, so a reader never sees half a file.
 """
 
 from __future__ import annotations
@@ -22,8 +25,6 @@ import polars as pl
 if TYPE_CHECKING:
     from rtmap_assets.lake.contract import TableSpec
 
-PATIENT_FILE = "part-0.parquet"
-COHORT_FILE = "data.parquet"
 
 
 def _umask() -> int:
@@ -80,15 +81,15 @@ def write_parquet(df: pl.DataFrame, path: Path) -> Path:
     return atomic_write(Path(path), lambda tmp: df.write_parquet(tmp))
 
 
-def _part_name(keys: dict[str, str]) -> str:
-    return "-".join(f"{k}={v}" for k, v in keys.items()) + ".parquet" if keys else PATIENT_FILE
-
-
 class Lake:
-    """Tables and per-patient files inside one lake root (default `data/lake`)."""
+    """Tables (Delta, under `tables_uri`, default `root`) and per-patient files (under `root`)."""
 
-    def __init__(self, root: str | Path):
+    def __init__(self, root: str | Path, tables_uri: str | None = None,
+                 storage_options: dict[str, str] | None = None):
+        from rtmap_assets.lake.delta_store import DeltaStore
+
         self.root = Path(root)
+        self.store = DeltaStore(tables_uri or self.root, storage_options)
 
     # ------------------------------------------------------------------ files beside the tables
     def patient_files(self, patient_id: str) -> Path:
@@ -96,7 +97,7 @@ class Lake:
         return self.root / "files" / f"patient={patient_id}"
 
     def patient_figures(self, patient_id: str) -> Path:
-        """Folder for a patient's overlay and viewer (gold)."""
+        """Folder for a patient's overlay (gold)."""
         return self.root / "figures" / f"patient={patient_id}"
 
     def relative(self, path: str | Path) -> str:
@@ -108,55 +109,36 @@ class Lake:
         return p if p.is_absolute() else self.root / p
 
     # ------------------------------------------------------------------ tables
-    def table_dir(self, spec: TableSpec) -> Path:
-        return self.root / spec.name
-
-    def _patient_part(self, spec: TableSpec, patient_id: str, keys: dict[str, str]) -> Path:
-        return self.table_dir(spec) / f"patient={patient_id}" / _part_name(keys)
-
-    def replace_all(self, spec: TableSpec, df: pl.DataFrame) -> Path:
-        """A cohort table rewritten whole."""
-        from rtmap_assets.lake.contract import conform
-
+    def replace_all(self, spec: TableSpec, df: pl.DataFrame) -> str:
+        """A cohort table rewritten whole, in one commit; returns the table's URI."""
         assert spec.partitioning == "cohort", f"{spec.name} is a per-patient table"
-        return write_parquet(conform(spec, df), self.table_dir(spec) / COHORT_FILE)
+        self.store.replace_all(spec, df)
+        return self.store.uri(spec)
 
-    def replace_patient(self, spec: TableSpec, patient_id: str, df: pl.DataFrame, **keys: str) -> Path:
-        """Replace one patient's rows (narrowed by `keys`, e.g. stage=...) in one atomic step."""
-        from rtmap_assets.lake.contract import conform
-
+    def replace_patient(self, spec: TableSpec, patient_id: str, df: pl.DataFrame, **keys: str) -> str:
+        """Replace one patient's rows (narrowed by `keys`, e.g. stage=...) in one commit; returns the URI."""
         assert spec.partitioning == "patient", f"{spec.name} is a cohort table"
-        extra = [k for k in spec.replace_keys if k != "patient_id"]
-        if sorted(keys) != sorted(extra):
-            raise ValueError(f"{spec.name} rows are replaced by {spec.replace_keys}; got patient_id + {list(keys)}")
-        return write_parquet(conform(spec, df), self._patient_part(spec, patient_id, keys))
+        self.store.replace_patient(spec, patient_id, df, **keys)
+        return self.store.uri(spec)
 
     def read(self, spec: TableSpec, *, patient_id: str | None = None, columns: list[str] | None = None,
              **keys: str) -> pl.DataFrame:
-        """Rows of a table (one patient's with `patient_id`); the contract's empty frame if none yet."""
-        d = self.table_dir(spec)
-        if spec.partitioning == "cohort":
-            files = [d / COHORT_FILE] if (d / COHORT_FILE).exists() else []
-        elif patient_id is not None:
-            folder = d / f"patient={patient_id}"
-            files = sorted(folder.glob("*.parquet")) if folder.is_dir() else []
-        else:
-            files = sorted(d.glob("patient=*/*.parquet"))
-        if not files:
-            out = spec.empty()
-        else:
-            out = pl.concat([pl.read_parquet(f) for f in files], how="diagonal_relaxed")
-            # Rows written before a column was added read back with nulls, in the contract's shape.
-            out = out.with_columns([pl.lit(None, dtype=t).alias(c) for c, t in spec.schema.items()
-                                    if c not in out.columns])
-            out = out.select([pl.col(c).cast(t) for c, t in spec.schema.items()])
-        if patient_id is not None and spec.partitioning == "cohort":
-            out = out.filter(pl.col("patient_id") == patient_id)
+        """Rows of a table (one patient's with `patient_id`, narrowed by equality `keys`); the contract's
+        empty frame if the table does not exist yet."""
+        wanted = None if columns is None else list(dict.fromkeys([*columns, *keys]))
+        out = self.store.read(spec, patient_id=patient_id, columns=wanted)
         for k, v in keys.items():
             out = out.filter(pl.col(k) == v)
-        return out.select(columns) if columns else out
+        return out.select(columns) if columns is not None else out
 
     def patients_with_rows(self, spec: TableSpec) -> list[str]:
-        """Patient IDs that have rows in a per-patient table (from folder names: no table read)."""
-        d = self.table_dir(spec)
-        return sorted(p.name.removeprefix("patient=") for p in d.glob("patient=*") if p.is_dir())
+        """Patient IDs that have rows in a table."""
+        return sorted(self.read(spec, columns=["patient_id"])["patient_id"].unique().drop_nulls().to_list())
+
+    def ensure_all(self, specs) -> None:
+        """Create every table that does not exist yet, empty with its contract schema (SQL readers need them)."""
+        for spec in specs:
+            self.store.ensure(spec)
+
+    def maintain(self, spec: TableSpec, **kwargs) -> dict:
+        return self.store.maintain(spec, **kwargs)

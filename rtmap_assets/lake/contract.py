@@ -103,13 +103,3 @@ COHORT_UNCERTAINTY = TableSpec(
 TABLES: dict[str, TableSpec] = {t.name: t for t in (
     DICOM_FILES, DICOM_REJECTS, PATIENT_MANIFEST, TRIAL_COVARIATES, PIPELINE_ISSUES, REGISTRATION_QC,
     MAPPED_STRUCTURES, RECURRENCE_CLASSIFICATION, DOSE_STATISTICS, COHORT_UNCERTAINTY)}
-
-
-def conform(spec: TableSpec, df: pl.DataFrame) -> pl.DataFrame:
-    """`df` in the contract's column order and types; a missing or extra column is an error naming it."""
-    missing = [c for c in spec.schema if c not in df.columns]
-    extra = [c for c in df.columns if c not in spec.schema]
-    if missing or extra:
-        raise ValueError(f"table {spec.name}: rows do not match the lake contract "
-                         f"(missing {missing or 'none'}, unexpected {extra or 'none'})")
-    return df.select([pl.col(c).cast(t) for c, t in spec.schema.items()])
