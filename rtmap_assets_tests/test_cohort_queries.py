@@ -1,4 +1,4 @@
-"""The marts, the five README queries, the dashboard and the viewers, over a real lake.
+"""The marts, the five README queries (run exactly as the README prints them), the dashboard and the viewers, over a real lake.
 
 The lake is made by the pipeline's own functions on 2 small synthetic patients (arms A and B, so
 arm B's absent low level is there) plus a patient that only has a manifest issue; the DuckDB is
@@ -27,8 +27,10 @@ MARTS = ("patient_summary", "classification_long", "classification_by_arm", "reg
 
 
 def queries() -> list[tuple[str, str]]:
-    text = (ROOT / "docs" / "QUERIES.md").read_text()
-    titles = re.findall(r"^## (\d\..*)$", text, re.M)
+    readme = (ROOT / "README.md").read_text()
+    text = readme[readme.index("## Five questions a trial statistician asks"):]
+    text = text[:text.index("\n## ", 10)]
+    titles = re.findall(r"^### (\d\..*)$", text, re.M)
     blocks = re.findall(r"```sql\n(.*?)```", text, re.S)
     assert len(titles) == len(blocks) == 5
     return list(zip(titles, blocks))
