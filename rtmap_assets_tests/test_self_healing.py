@@ -97,7 +97,13 @@ def test_sigkill_during_patient_run_then_plain_demo_completes(tmp_path):
         assert not instance.event_log_storage.get_concurrency_info("rtmap_patient_heavy").active_run_ids
 
     # rule 17 on the whole folder the demo left: no name, birth date or study date outside bronze
-    from rtmap_assets_tests.privacy_scan import identifiers, scan
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("privacy_scan", Path(__file__).resolve().parents[1] / "scripts"
+                                                  / "privacy_scan.py")
+    privacy_scan = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(privacy_scan)
+    identifiers, scan = privacy_scan.identifiers, privacy_scan.scan
 
     wanted = identifiers(data / "raw" / "SYNTH-HN")
     assert wanted["name"] and wanted["birth_date"] and wanted["study_date"]  # the scan looks for something

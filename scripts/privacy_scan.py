@@ -2,8 +2,11 @@
 the subject ID, and absolute study dates, everywhere outside the raw exports, the generator's truth
 and inputs, and the bronze catalog (dicom_files, dicom_rejects).
 
-Parquet is read as values, DuckDB as every table/view, .gz decompressed, anything else as bytes
-(the Dagster event log is SQLite: its text is stored plainly).
+Parquet is read as values, DuckDB as every table/view of every schema, .gz decompressed (NIfTI
+headers included), anything else as bytes (Delta logs, PNG/HTML, logs, the Dagster event log, which is
+SQLite with its text stored plainly); file names are checked too.
+
+    .venv/bin/python scripts/privacy_scan.py data      # prints what it looked for and every finding
 """
 
 from __future__ import annotations
@@ -55,11 +58,11 @@ def _texts(path: Path) -> list[str]:
 
         out = []
         with duckdb.connect(str(path), read_only=True) as con:
-            for (name,) in con.execute("select table_name from information_schema.tables").fetchall():
-                try:
-                    out.append(str(con.execute(f'select * from "{name}"').fetchall()))
-                except duckdb.Error:
-                    pass
+            tables = con.execute("select table_schema, table_name from information_schema.tables").fetchall()
+            for schema, name in tables:
+                if name in BRONZE:  # the bronze catalog's own copy (schema lake) keeps its dates
+                    continue
+                out.append(str(con.execute(f'select * from "{schema}"."{name}"').fetchall()))
         return out
     data = path.read_bytes()
     if path.suffix == ".gz":
@@ -84,3 +87,28 @@ def scan(data_dir: Path, looking_for: dict[str, set[str]]) -> list[str]:
                 if any(v in t for t in texts):
                     findings.append(f"{kind} {v!r} in {rel}")
     return findings
+
+
+def main(argv: list[str]) -> int:
+    import sys
+
+    data_dir = Path(argv[0] if argv else "data")
+    trials = [p for p in (data_dir / "raw").iterdir() if p.is_dir()] if (data_dir / "raw").is_dir() else []
+    looking_for: dict[str, set[str]] = {}
+    for trial in trials:
+        for kind, values in identifiers(trial).items():
+            looking_for.setdefault(kind, set()).update(values)
+    files = sum(1 for p in data_dir.rglob("*") if p.is_file())
+    print(f"looking for {', '.join(f'{len(v)} {k}s' for k, v in looking_for.items())} "
+          f"in {files} files under {data_dir} (raw/, truth/, covariates/ and the bronze catalog exempt)")
+    findings = scan(data_dir, looking_for)
+    for f in findings:
+        print("FOUND", f)
+    print(f"{len(findings)} findings")
+    return 1 if findings else 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main(sys.argv[1:]))
