@@ -55,7 +55,7 @@ def current_cohort_radius(lake: Lake, config: TrialConfig) -> float | None:
     d = landmark_distances(lake)["landmark_distance_mm"].drop_nulls()
     if d.is_empty():
         return None
-    return cohort_radius(d.to_list(), config.uncertainty.cohort_percentile, min_radius=config.grid_spacing_mm)
+    return cohort_radius(d.to_list(), config.uncertainty.cohort_percentile)
 
 
 @dg.asset(

@@ -27,7 +27,7 @@ from rtmap_assets.defs.cohort import current_cohort_radius
 from rtmap_assets.defs.metadata import md_table
 from rtmap_assets.defs.partitions import patients_partitions
 from rtmap_assets.defs.resources import RtmapPaths
-from rtmap_assets.dosimetry.uncertainty import min_radius_mm, sphere_radius
+from rtmap_assets.dosimetry.uncertainty import sphere_radius
 from rtmap_assets.errors import PatientDataError
 from rtmap_assets.lake import Lake
 from rtmap_assets.pipeline.dosimetry_patient import run_dosimetry, write_seed_csvs
@@ -241,8 +241,7 @@ def patient_classification(context: dg.AssetExecutionContext, paths: RtmapPaths)
     try:
         volumes = PatientVolumes.load(volumes_dir)
         distance, cohort = _radius_inputs(lake, config, pid)
-        radius = sphere_radius(config.uncertainty, min_radius=min_radius_mm(volumes.image),
-                               patient_distance_mm=distance, cohort_radius_mm=cohort)
+        radius = sphere_radius(config.uncertainty, patient_distance_mm=distance, cohort_radius_mm=cohort)
         covariates = lake.read_table("trial_covariates")
         arm_row = covariates.filter(pl.col("patient_id") == pid) if covariates.height else covariates
         covariate_arm = arm_row["arm"][0] if arm_row.height and "arm" in arm_row.columns else None

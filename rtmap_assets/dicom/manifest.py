@@ -17,8 +17,8 @@ Rule 1 as implemented:
 * A structure set *references* an image series through its RTReferencedSeriesSequence when any
   of those series is in the catalog, otherwise through its frame(s) of reference.
 * Planning CT: the CT series whose FrameOfReferenceUID is that of an RTDOSE and which is
-  referenced by an RTSTRUCT with a CTV (a structure matching `aliases.ctv_for_dose(p)` for a
-  prescription p > 0 of any arm). Exactly one such series is required.
+  referenced by an RTSTRUCT with a CTV (a structure matching `config.ctv_patterns()`: the
+  dose-templated names for any prescription p > 0, or a level name). Exactly one such series is required.
 * Planning RTDOSE: the RTDOSE on that frame of reference; when there are several, the single one
   with DoseSummationType PLAN, else ambiguous. Planning RTSTRUCT: the single CTV structure set
   referencing the planning CT.
@@ -204,14 +204,8 @@ def sort_slices(rows: Sequence[dict[str, Any]]) -> list[str]:
 
 
 def ctv_aliases(config: TrialConfig) -> list[str]:
-    """CTV patterns for every prescription > 0 of any arm, highest dose first, without repeats."""
-    doses = sorted({p for arm in config.arms.values() for p in arm if p > 0}, reverse=True)
-    out: list[str] = []
-    for d in doses:
-        for pattern in config.aliases.ctv_for_dose(d):
-            if pattern not in out:
-                out.append(pattern)
-    return out
+    """Every CTV pattern of the trial: dose-templated for each prescription, then level names."""
+    return config.ctv_patterns()
 
 
 def _fmt_matches(found: Sequence[tuple[str, str]]) -> str:
