@@ -10,7 +10,6 @@ from rtmap_assets.config import TrialConfig
 from rtmap_assets.dosimetry.arm import (
     arm_from_mean_dose,
     ctv_for_level,
-    ctv_for_prescription,
     determine_arm,
     level_ctvs,
     level_plausibility,
@@ -58,7 +57,7 @@ def test_ctv_assignment_by_name_and_ambiguity():
     assert levels["high"].alias == "*CTV*65*" and problems == {}
     levels_b, _ = level_ctvs(ctvs, CONFIG.prescriptions("B"), CONFIG)
     assert levels_b["low"] is None and levels_b["intermediate"].name == "CTV54_nodes"
-    assert ctv_for_prescription(ctvs, 50.0, CONFIG) is None
+    assert ctv_for_level(ctvs, "high", 50.0, CONFIG) is None and ctv_for_level(ctvs, "low", 0.0, CONFIG) is None
     with pytest.raises(PatientDataError) as err:
         ctv_for_level([ctv("CTV_65"), ctv("CTV_65_boost")], "high", 65.0, CONFIG)
     assert err.value.code == "CTV_AMBIGUOUS"

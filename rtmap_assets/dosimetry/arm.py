@@ -80,19 +80,6 @@ def ctv_for_level(ctvs: Sequence[StructureMask], level: str, prescription_gy: fl
     return LevelCtv(by_name[name], alias)
 
 
-def ctv_for_prescription(ctvs: Sequence[StructureMask], prescription_gy: float, config: TrialConfig) -> StructureMask | None:
-    """The CTV named for this dose only (dose-templated names, no level names); kept for callers
-    that know no level. Two candidates raise CTV_AMBIGUOUS."""
-    if prescription_gy <= 0:
-        return None
-    by_name = {s.name: s for s in ctvs}
-    hits = match_aliases(by_name, config.aliases.ctv_for_dose(prescription_gy))
-    if len(hits) > 1:
-        raise PatientDataError("CTV_AMBIGUOUS", f"several CTVs match the names for {prescription_gy:g} Gy: "
-                               f"{[n for n, _ in hits]}", stage=STAGE)
-    return by_name[hits[0][0]] if hits else None
-
-
 def level_ctvs(ctvs: Sequence[StructureMask], prescriptions: dict[str, float],
                config: TrialConfig) -> tuple[dict[str, LevelCtv | None], dict[str, PatientDataError]]:
     """Level -> CTV for an arm's prescriptions, and level -> CTV_AMBIGUOUS problem.
