@@ -138,7 +138,10 @@ def test_unassigned_arm_keeps_rows_with_null_classes_and_reports_issue():
     assert {r["arm"] for r in rows.values()} == {"unassigned"}
     assert all(r["centroid_class"] is None and r["prescription_gy"] is None for r in rows.values())
     assert rows["high"]["centroid_dose_gy"] == pytest.approx(20.0)
-    assert "ARM_UNASSIGNED" in [i["code"] for i in res.issues]
+    msg = next(i["message"] for i in res.issues if i["code"] == "ARM_UNASSIGNED")
+    # every arm tested with its own high CTV, with the numbers
+    assert "arm A (65 Gy): CTV_65 (alias *CTV*65*) mean 20.00 Gy" in msg
+    assert "arm B (60 Gy): CTV_60 (alias *CTV*60*) mean 20.00 Gy" in msg and "arm C (50 Gy): no high-level CTV" in msg
 
 
 def test_recurrence_outside_dose_grid_gets_zero_dose_and_flag():

@@ -146,7 +146,8 @@ class ArmTest:
         arms = "/".join(self.arms)
         if self.ctv_name is None:
             return f"arm {arms} ({self.prescription_gy:g} Gy): no high-level CTV"
-        return f"arm {arms} ({self.prescription_gy:g} Gy): {self.ctv_name} mean {self.mean_dose_gy} Gy"
+        mean = "empty" if self.mean_dose_gy is None else f"mean {self.mean_dose_gy:.2f} Gy"
+        return f"arm {arms} ({self.prescription_gy:g} Gy): {self.ctv_name} (alias {self.ctv_alias}) {mean}"
 
 
 @dataclass(frozen=True)
