@@ -187,11 +187,12 @@ def test_no_dose_and_missing_recurrence_are_patient_data_errors():
         run_dosimetry(vols, CONFIG, radius_mm=5.0, sigma_mm=1.0)
 
 
-def test_sub_voxel_radius_is_kept_and_meaningful():
+def test_sub_voxel_radius_is_kept_and_meaningful(tmp_path):
     # A well-registered patient: 0.5 mm. No one-voxel floor; the sphere's fraction is sub-voxel sampled.
     # Centre at x = 13 mm, on the outer voxel layer of the 66 Gy core (voxel centres at odd mm).
     res = run_dosimetry(make_volumes(rec_centre=(13.0, 0.0, 0.0), rec_radius=3.0), CONFIG, radius_mm=0.5,
-                        sigma_mm=0.0)
+                        sigma_mm=0.0, figure_path=tmp_path / "overlay.png")
+    assert res.figure_path.stat().st_size > 10_000  # the overlay copes with a sphere mask of no voxel
     rows = by_level(res.classification)
     assert res.classification["radius_mm"].to_list() == [0.5, 0.5, 0.5]
     # x = 13 mm is a 66 Gy voxel centre, x = 15 mm a 61 Gy one: the trilinear 61.75 Gy (0.95·65) isodose
