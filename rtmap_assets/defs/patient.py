@@ -37,8 +37,8 @@ from rtmap_assets.pipeline.volumes import PatientVolumes
 
 SILVER, GOLD = "patient_silver", "patient_gold"
 # Bump when the science of a step changes: every patient is then recomputed once.
-IMAGING_CODE_VERSION = "imaging-1"
-DOSIMETRY_CODE_VERSION = "dosimetry-1"
+IMAGING_CODE_VERSION = "imaging-2"  # mapped masks keep their volume (grid.resample_mask)
+DOSIMETRY_CODE_VERSION = "dosimetry-2"  # level-named CTVs, per-arm high CTV, sub-voxel sphere
 HEAVY_POOL = "rtmap_patient_heavy"
 
 # Classifications follow the cohort radius: when cohort_uncertainty's data version changes (only under
