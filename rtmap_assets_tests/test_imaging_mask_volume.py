@@ -101,6 +101,24 @@ def test_a_scaling_changes_the_volume_as_the_transform_does(shape):
     assert mapped.sum() == pytest.approx(analytic_voxels, rel=0.03)
 
 
+@pytest.mark.parametrize("name", ["identity", "shift 0.7,-0.4,1.3", "rot 5 z + shift"])
+def test_a_fine_source_grid_maps_to_its_volume_on_the_coarse_grid(name):
+    # The imaging stage rasterises relapse contours on a 1 mm box and maps them onto the 2 mm grid.
+    radii = (10, 14, 8)
+    fine = sitk.Image([60] * 3, sitk.sitkUInt8)
+    fine.SetSpacing((1.0,) * 3)
+    fine.SetOrigin((-29.5,) * 3)
+    c = -29.5 + np.arange(60)
+    z, y, x = np.meshgrid(c, c, c, indexing="ij")
+    q = ((x - CENTRE[0]) / radii[0]) ** 2 + ((y - CENTRE[1]) / radii[1]) ** 2 + ((z - CENTRE[2]) / radii[2]) ** 2 <= 1
+    src = sitk.GetImageFromArray(q.astype(np.uint8))
+    src.CopyInformation(fine)
+    mapped = sitk.GetArrayFromImage(map_mask(src, RIGID[name], grid())) > 0
+    assert mapped.sum() * SPACING**3 == pytest.approx(q.sum() * 1.0, rel=0.005)  # same volume in mm³
+    truth = raster(radii, RIGID[name])
+    assert 2 * np.sum(mapped & truth) / (mapped.sum() + truth.sum()) > 0.93
+
+
 def test_map_mask_box_path_keeps_volume_and_centroid():
     src = raster(SHAPES["ellipsoid 15/25/10"])
     t = euler(0, 0, 5, (0.4, -0.3, 0.7))

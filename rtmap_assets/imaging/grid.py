@@ -150,6 +150,23 @@ def _crop_to_mask(mask: sitk.Image, pad: int) -> sitk.Image | None:
                             [int(v) for v in pad - (hi - kji.max(axis=0)[::-1])], 0)
 
 
+def _mapped_voxels(occupancy: sitk.Image, reference: sitk.Image, transform: sitk.Transform | None) -> float:
+    """Volume of the mapped mask in reference voxels: the linearly interpolated occupancy integrated
+    over the reference grid, sampled k³ times per reference voxel when the source is k times finer
+    (a mask rasterised on 1 mm mapped onto 2 mm), so the quadrature sees the source's detail."""
+    ratio = max(reference.GetSpacing()) / min(occupancy.GetSpacing())
+    k = int(min(4, max(1, np.ceil(ratio - 1e-6))))
+    fine = sitk.Image([int(v) * k for v in reference.GetSize()], sitk.sitkUInt8)
+    spacing = np.asarray(reference.GetSpacing()) / k
+    a = np.asarray(reference.GetDirection(), dtype=float).reshape(3, 3) @ np.diag(spacing)
+    fine.SetSpacing(tuple(spacing))
+    fine.SetDirection(reference.GetDirection())
+    # sub-voxel centres centred in each reference voxel
+    fine.SetOrigin(tuple(np.asarray(reference.GetOrigin()) - a @ np.full(3, (k - 1) / 2.0)))
+    values = sitk.GetArrayFromImage(resample(occupancy, fine, transform=transform, default_value=0.0))
+    return float(values.sum(dtype=np.float64)) / k**3
+
+
 def resample_mask(mask: sitk.Image, reference: sitk.Image, transform: sitk.Transform | None = None) -> sitk.Image:
     """A 0/1 mask onto `reference` through `transform` (reference point -> mask point), keeping its volume.
 
@@ -168,12 +185,8 @@ def resample_mask(mask: sitk.Image, reference: sitk.Image, transform: sitk.Trans
     shifted.CopyInformation(reference)
     a = np.asarray(reference.GetDirection(), dtype=float).reshape(3, 3) @ np.diag(reference.GetSpacing())
     shifted.SetOrigin(tuple(np.asarray(reference.GetOrigin()) + a @ np.full(3, _TIE_SHIFT)))
-    occupancy = sitk.GetArrayFromImage(
-        resample(sitk.Cast(crop, sitk.sitkFloat32), shifted, transform=transform, default_value=0.0))
     distance = sitk.GetArrayFromImage(resample(phi, shifted, transform=transform, default_value=far))
-    # Same voxel volume on both sides of the ratio: the source's voxels count in source volumes.
-    scale = float(np.prod(crop.GetSpacing()) / np.prod(reference.GetSpacing()))
-    n = int(round(float(occupancy.sum(dtype=np.float64)) * scale))
+    n = int(round(_mapped_voxels(sitk.Cast(crop > 0, sitk.sitkFloat32), shifted, transform)))
     arr = np.zeros(distance.shape, dtype=np.uint8)
     if n > 0:
         flat = distance.ravel()
