@@ -152,10 +152,11 @@ def _crop_to_mask(mask: sitk.Image, pad: int) -> sitk.Image | None:
 
 def _mapped_voxels(occupancy: sitk.Image, reference: sitk.Image, transform: sitk.Transform | None) -> float:
     """Volume of the mapped mask in reference voxels: the linearly interpolated occupancy integrated
-    over the reference grid, sampled k³ times per reference voxel when the source is k times finer
-    (a mask rasterised on 1 mm mapped onto 2 mm), so the quadrature sees the source's detail."""
+    over the reference grid, sampled k³ times per reference voxel: k = 2, or more when the source is
+    finer still (k = ratio of spacings, at most 4), so the quadrature sees the source's detail (one
+    sample per voxel gave +6 % for a 5 mm sphere under a 1.1x scaling, 2³ gives -2 %: one voxel)."""
     ratio = max(reference.GetSpacing()) / min(occupancy.GetSpacing())
-    k = int(min(4, max(1, np.ceil(ratio - 1e-6))))
+    k = int(min(4, max(2, np.ceil(ratio - 1e-6))))
     fine = sitk.Image([int(v) * k for v in reference.GetSize()], sitk.sitkUInt8)
     spacing = np.asarray(reference.GetSpacing()) / k
     a = np.asarray(reference.GetDirection(), dtype=float).reshape(3, 3) @ np.diag(spacing)
