@@ -5,8 +5,8 @@ mask comes to planning space by *resampling* it through T: each planning voxel c
 the relapse mask at T(p) (`grid.resample_mask`). The mapped mask keeps the drawn volume: as many
 voxels as the integral of the linearly interpolated occupancy (the source volume for rigid
 transforms, the transform's volume change otherwise), placed where the interpolated signed distance
-is lowest. The former 0/1 interpolation cut at 0.5 came out 1-8 % smaller for rotations (and up to
-29 % larger at exact half-voxel shifts). A relapse *point* q needs the inverse, T^-1(q), found here by
+is lowest. The former 0/1 interpolation cut at 0.5 was off by -11 to +33 % on 5-30 mm shapes
+(benchmarks/mask_volume_benchmark.py; docs/DOSIMETRY.md). A relapse *point* q needs the inverse, T^-1(q), found here by
 Newton iterations on the forward transform with a finite-difference Jacobian (no inverse field is
 ever built).
 """
