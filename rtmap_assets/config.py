@@ -98,8 +98,8 @@ class Thresholds(_Strict):
     isodose_fraction: float = Field(0.95, gt=0, le=1, description="rule 7: isodose = fraction x P")
     arm_tolerance_gy: float = Field(0.5, ge=0, description="rule 8: m >= p - tolerance")
     ctv_dose_tolerance_fraction: float = Field(
-        0.10, gt=0, description="rule 8: a CTV whose mean dose differs from its level's prescription by more "
-                                "than this fraction of it is CTV_DOSE_IMPLAUSIBLE (wrong level or wrong CTV)")
+        0.10, gt=0, lt=1, description="rule 8: a level's CTV with D95 above (1 + this)·P or mean below (1 - this)·P "
+                                      "is CTV_DOSE_IMPLAUSIBLE (wrong level or wrong CTV)")
     volume_inside_fraction: float = Field(0.95, gt=0, le=1, description="rule 10: f >= this -> inside")
     dawson_infield: float = Field(0.95, gt=0, le=1, description="rule 11")
     dawson_marginal: float = Field(0.20, ge=0, lt=1, description="rule 11")
