@@ -1,6 +1,6 @@
 """Per-trial configuration (YAML, validated with pydantic).
 
-Every threshold of DESIGN.md's domain rules is a field here, with the design's default. An invalid
+Every threshold of the domain rules (docs/RULES.md) is a field here, with its default. An invalid
 file raises `ConfigError` with one message naming the offending field.
 """
 
@@ -25,14 +25,23 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+Level = Literal["low", "intermediate", "high"]
+
+
 class Aliases(_Strict):
     """Shell-style, case-insensitive alias lists per structure role (rule 2).
 
-    `ctv` patterns may contain `{dose}` which is replaced by each prescription (e.g. `*CTV*{dose}*`
-    becomes `*CTV*65*` for a 65 Gy level).
+    Targets are named by dose or by risk level, and the config says which:
+    - `ctv`: dose-templated names; `{dose}` is replaced by a level's prescription (`*CTV*{dose}*`
+      becomes `*CTV*65*` for a 65 Gy level), so the name says the dose and the arm says the level.
+    - `ctv_by_level`: names that say the level (`high: ["CTV_High", "ctv_hr", "*CTV*high*"]`),
+      valid for that level in every arm.
+    A config may use either or both. A name without `{dose}` under `ctv` would be tried for every
+    prescription (the first hit winning), so it is refused: such a name belongs under `ctv_by_level`.
     """
 
     ctv: list[str] = ["*CTV*{dose}*"]
+    ctv_by_level: dict[Level, list[str]] = {}
     recurrence: list[str] = ["Rec_CT", "*recurrence*", "rGTV*", "*_rec"]
     landmark: list[str] = ["*thy*"]
     comparison: list[str] = ["*mandible*", "*cord*"]
@@ -47,13 +56,34 @@ class Aliases(_Strict):
     @field_validator("ctv")
     @classmethod
     def _ctv_templated(cls, v: list[str]) -> list[str]:
-        if not v or not any("{dose}" in p for p in v):
-            raise ValueError("at least one CTV alias must contain '{dose}'")
+        plain = [p for p in v if "{dose}" not in p]
+        if plain:
+            raise ValueError(f"CTV alias(es) {plain} have no '{{dose}}': names that say the level "
+                             "belong under ctv_by_level (e.g. ctv_by_level: {high: [CTV_High]})")
         return v
 
+    @model_validator(mode="after")
+    def _some_ctv_names(self) -> "Aliases":
+        if not self.ctv and not any(self.ctv_by_level.values()):
+            raise ValueError("no CTV names: give dose-templated names in 'ctv' (e.g. '*CTV*{dose}*') "
+                             "and/or level names in 'ctv_by_level'")
+        return self
+
     def ctv_for_dose(self, dose_gy: float) -> list[str]:
+        """The dose-templated CTV names instantiated for one prescription (Gy)."""
         dose = f"{dose_gy:g}"
         return [p.replace("{dose}", dose) for p in self.ctv]
+
+    def ctv_for_level(self, level: str, prescription_gy: float) -> list[str]:
+        """Every name a level's CTV may have: its level names, then the dose-templated names for its
+        prescription (none for an absent level, P = 0). Order = priority for the recorded alias."""
+        if prescription_gy <= 0:
+            return []
+        return _unique([*self.ctv_by_level.get(level, []), *self.ctv_for_dose(prescription_gy)])
+
+
+def _unique(items: list[str]) -> list[str]:
+    return list(dict.fromkeys(items))
 
 
 class Uncertainty(_Strict):
@@ -67,6 +97,9 @@ class Uncertainty(_Strict):
 class Thresholds(_Strict):
     isodose_fraction: float = Field(0.95, gt=0, le=1, description="rule 7: isodose = fraction x P")
     arm_tolerance_gy: float = Field(0.5, ge=0, description="rule 8: m >= p - tolerance")
+    ctv_dose_tolerance_fraction: float = Field(
+        0.10, gt=0, lt=1, description="rule 8: a level's CTV with D95 above (1 + this)·P or mean below (1 - this)·P "
+                                      "is CTV_DOSE_IMPLAUSIBLE (wrong level or wrong CTV)")
     volume_inside_fraction: float = Field(0.95, gt=0, le=1, description="rule 10: f >= this -> inside")
     dawson_infield: float = Field(0.95, gt=0, le=1, description="rule 11")
     dawson_marginal: float = Field(0.20, ge=0, lt=1, description="rule 11")
@@ -170,6 +203,18 @@ class TrialConfig(_Strict):
     def prescriptions(self, arm: str) -> dict[str, float]:
         """Level name -> prescription (Gy) for an arm; absent levels are 0."""
         return dict(zip(LEVELS, self.arms[arm]))
+
+    def nominal_doses(self) -> list[float]:
+        """Every prescription > 0 of any arm, highest first, without repeats."""
+        return sorted({p for levels in self.arms.values() for p in levels if p > 0}, reverse=True)
+
+    def ctv_patterns(self) -> list[str]:
+        """Every CTV name pattern of the trial (rule 2): the dose-templated names for every
+        prescription (highest dose first), then the level names (high, intermediate, low). The
+        manifest (finding CTV structure sets) and the imaging stage (planning roles) use this list."""
+        dosed = [p for d in self.nominal_doses() for p in self.aliases.ctv_for_dose(d)]
+        levelled = [p for lvl in reversed(LEVELS) for p in self.aliases.ctv_by_level.get(lvl, [])]
+        return _unique(dosed + levelled)
 
 
 def _field_path(err: dict) -> str:

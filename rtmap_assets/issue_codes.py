@@ -39,6 +39,10 @@ class IssueCode(StrEnum):
     SERIES_GANTRY_TILT = "SERIES_GANTRY_TILT"
     SERIES_DUPLICATE_SLICE = "SERIES_DUPLICATE_SLICE"
     SERIES_NONUNIFORM_SPACING = "SERIES_NONUNIFORM_SPACING"
+    SERIES_GAP = "SERIES_GAP"
+    SERIES_DUPLICATE_POSITION = "SERIES_DUPLICATE_POSITION"
+    SERIES_BAD_ORIENTATION = "SERIES_BAD_ORIENTATION"
+    SERIES_NO_GEOMETRY = "SERIES_NO_GEOMETRY"
     # --- structure sets (rules 2, 3)
     RTSTRUCT_NOT_RTSTRUCT = "RTSTRUCT_NOT_RTSTRUCT"
     RTSTRUCT_MISSING_STRUCTURE = "RTSTRUCT_MISSING_STRUCTURE"
@@ -65,7 +69,8 @@ class IssueCode(StrEnum):
     NO_RECURRENCE = "NO_RECURRENCE"
     AMBIGUOUS_RECURRENCE = "AMBIGUOUS_RECURRENCE"
     EMPTY_RECURRENCE = "EMPTY_RECURRENCE"
-    AMBIGUOUS_CTV = "AMBIGUOUS_CTV"
+    CTV_AMBIGUOUS = "CTV_AMBIGUOUS"
+    CTV_DOSE_IMPLAUSIBLE = "CTV_DOSE_IMPLAUSIBLE"
     CTV_MISSING = "CTV_MISSING"
     UNKNOWN_COVARIATE_ARM = "UNKNOWN_COVARIATE_ARM"
     ARM_MISMATCH = "ARM_MISMATCH"
@@ -74,6 +79,10 @@ class IssueCode(StrEnum):
     CENTROID_OUTSIDE_DOSE_GRID = "CENTROID_OUTSIDE_DOSE_GRID"
     MOHAMED_UNDECIDED = "MOHAMED_UNDECIDED"
     COHORT_RADIUS_PENDING = "COHORT_RADIUS_PENDING"
+    # --- trial subject key (rule 17): from the catalog's rejects, named by hash only
+    PATIENT_ID_MISMATCH = "PATIENT_ID_MISMATCH"
+    PATIENT_ID_UNMAPPED = "PATIENT_ID_UNMAPPED"
+    NO_EXPORT_FOLDER = "NO_EXPORT_FOLDER"
     # --- trial data and operation
     COVARIATES_NO_ID = "COVARIATES_NO_ID"
     UNEXPECTED_ERROR = "UNEXPECTED_ERROR"
@@ -107,7 +116,13 @@ MEANINGS: dict[IssueCode, str] = {
     IssueCode.SERIES_INCONSISTENT_GEOMETRY: "Slices of one series differ in size or pixel spacing.",
     IssueCode.SERIES_GANTRY_TILT: "Slice origins do not move along the slice normal (gantry tilt or a sheared stack).",
     IssueCode.SERIES_DUPLICATE_SLICE: "Two slices share one position with different content.",
-    IssueCode.SERIES_NONUNIFORM_SPACING: "Slice steps beyond the tolerated irregularity.",
+    IssueCode.SERIES_NONUNIFORM_SPACING: "RTDOSE frames whose offsets are not uniform (image series are resampled instead).",
+    IssueCode.SERIES_GAP: "A slice step longer than slice_geometry.max_step_ratio x the median (a missing slice); the "
+    "message gives the step, the positions and the estimated number of missing slices.",
+    IssueCode.SERIES_DUPLICATE_POSITION: "Two slices closer than the duplicate tolerance with different content "
+    "(identical duplicates are kept once).",
+    IssueCode.SERIES_BAD_ORIENTATION: "Direction cosines that are not two orthogonal unit vectors.",
+    IssueCode.SERIES_NO_GEOMETRY: "A slice lacks ImageOrientationPatient or ImagePositionPatient.",
     IssueCode.RTSTRUCT_NOT_RTSTRUCT: "A file given as a structure set is not one.",
     IssueCode.RTSTRUCT_MISSING_STRUCTURE: "A structure asked for by name is not in the structure set.",
     IssueCode.CONTOUR_NOT_IN_SLICE_PLANE: "A contour does not lie in a slice plane of the grid it is rasterised on.",
@@ -131,7 +146,9 @@ MEANINGS: dict[IssueCode, str] = {
     IssueCode.NO_RECURRENCE: "No mapped recurrence among the patient's volumes.",
     IssueCode.AMBIGUOUS_RECURRENCE: "Several mapped recurrence structures.",
     IssueCode.EMPTY_RECURRENCE: "The mapped recurrence handed to dosimetry has no voxels.",
-    IssueCode.AMBIGUOUS_CTV: "Two CTVs match the names of one level.",
+    IssueCode.CTV_AMBIGUOUS: "Two structures match one level's CTV names, or one structure matches two levels.",
+    IssueCode.CTV_DOSE_IMPLAUSIBLE: "A level's CTV has D95 above (1 + tolerance) x P or mean below (1 - tolerance) x P: "
+    "probably another level's CTV (never a silent arm).",
     IssueCode.CTV_MISSING: "A present level has no CTV matching its names.",
     IssueCode.UNKNOWN_COVARIATE_ARM: "The covariates name an arm the trial configuration does not know.",
     IssueCode.ARM_MISMATCH: "The covariates' arm differs from the arm the dose says (rule 8).",
@@ -141,6 +158,10 @@ MEANINGS: dict[IssueCode, str] = {
     IssueCode.MOHAMED_UNDECIDED: "A CTV the Mohamed decision needs is missing: type left empty.",
     IssueCode.COHORT_RADIUS_PENDING: "Cohort radius policy before cohort_uncertainty exists: classified with the fixed "
     "radius for now; re-classified automatically when the cohort radius is computed.",
+    IssueCode.PATIENT_ID_MISMATCH: "A file's PatientID differs from the rest of its export, or maps to another "
+    "subject (named by a salted hash; the raw PatientID is never stored).",
+    IssueCode.PATIENT_ID_UNMAPPED: "Mapping source: a file's PatientID is not in the trial's mapping file.",
+    IssueCode.NO_EXPORT_FOLDER: "Folder source: a file lies directly in the trial folder, outside any subject's export.",
     IssueCode.COVARIATES_NO_ID: "The covariates file has no patient_id column.",
     IssueCode.UNEXPECTED_ERROR: "A failure that is not a known data problem (a bug): the run log has the traceback.",
 }

@@ -1,4 +1,4 @@
-"""Structure-name matching by per-trial alias lists (DESIGN.md rule 2).
+"""Structure-name matching by per-trial alias lists (rule 2).
 
 Aliases are shell-style wildcards, matched case-insensitively; the alias that matched is returned
 so it can be recorded beside the structure.

@@ -19,7 +19,7 @@ import SimpleITK as sitk
 from rtmap_assets.config import load_trial_config
 from rtmap_assets.dicom.catalog import catalog_folder
 from rtmap_assets.dicom.manifest import build_manifest
-from rtmap_assets.dosimetry.uncertainty import min_radius_mm, sphere_radius
+from rtmap_assets.dosimetry.uncertainty import sphere_radius
 from rtmap_assets.lake import Lake
 from rtmap_assets.pipeline.covariates import read_covariates
 from rtmap_assets.pipeline.dosimetry_patient import run_dosimetry
@@ -63,8 +63,7 @@ def build_lake(data_dir: Path, trial: str = "SYNTH-HN") -> Lake:
             on=["structure", "space"], how="left").with_columns(provenance[1:3])
         lake.replace_patient(MAPPED_STRUCTURES, pid, structures)
         distance = qc["landmark_distance_mm"][0]
-        radius = sphere_radius(config.uncertainty, min_radius=min_radius_mm(img.volumes.image),
-                               patient_distance_mm=distance)
+        radius = sphere_radius(config.uncertainty, patient_distance_mm=distance)
         arm = covariates.filter(pl.col("patient_id") == pid)["arm"]
         res = run_dosimetry(img.volumes, config, radius_mm=radius.radius_mm, sigma_mm=float(distance),
                             covariate_arm=arm[0] if arm.len() else None)

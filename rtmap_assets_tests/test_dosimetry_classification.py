@@ -80,27 +80,62 @@ def test_dawson_class_thresholds(f, cls):
     assert dawson_class(f, TH) == cls
 
 
-def test_seed_style_sphere_mostly_hot_is_peripheral_while_its_centre_is_inside():
-    # A step edge in x: 60 Gy for x ≤ 23 mm, 0 beyond. A 5 mm sphere centred at x = 21 mm holds 70 voxel
-    # centres in layers x = 16..26 of 1, 13, 21, 21, 13, 1; the 14 at x ≥ 24 are cold -> f = 0.8 ->
-    # peripheral (2), while the centre (60 Gy) is inside.
+def cap_fraction(t_over_r: float) -> float:
+    """Exact fraction of a ball's volume beyond a plane at signed distance t (in radii) from its centre."""
+    t = float(np.clip(t_over_r, -1.0, 1.0))
+    return (1.0 - t) ** 2 * (2.0 + t) / 4.0
+
+
+def test_sphere_fraction_is_sub_voxel_where_the_seed_counted_voxel_centres():
+    # A step edge in x: 60 Gy for x ≤ 22 mm (voxel centres), 0 from x = 24. A 5 mm sphere centred at
+    # x = 21 mm holds 70 voxel centres in layers x = 16..26 of 1, 13, 21, 21, 13, 1; the seed's count
+    # gives f = 56/70 = 0.8. The trilinear dose crosses 57 Gy at x = 22 + 2·3/60 = 22.1 mm, a plane at
+    # 1.1 mm from the centre: the exact hot fraction is 1 − cap(1.1/5) = 0.6623.
     n = 30
     x = 2.0 * np.arange(n)
     d = image(np.broadcast_to(np.where(x <= 23.0, 60.0, 0.0), (n, n, n)).copy())
     centre = np.array([21.0, 20.0, 20.0])
     sph = sphere(d, centre, 5.0)
     f = sphere_fraction(d, sph, 60.0, 0.95)
-    assert sph.n_voxels == 70 and f == pytest.approx(0.8)
+    assert sph.n_voxels == 70  # the voxel mask (overlay) is unchanged
+    assert f == pytest.approx(1.0 - cap_fraction(1.1 / 5.0), abs=0.003)
+    assert f == pytest.approx(0.6623, abs=0.003)
     val, _ = centroid_dose(d, centre)
     assert centroid_class(val, 60.0, 0.95) == 1
     assert volume_class(f, 0.95) == 2
 
 
-def test_sphere_fraction_counts_voxels_beyond_the_grid_as_dose_zero():
+@pytest.mark.parametrize("radius_mm", [0.2, 0.5, 1.0, 2.0, 5.0, 12.0])
+@pytest.mark.parametrize("offset_in_radii", [-0.9, -0.5, -0.1, 0.0, 0.3, 0.7])
+def test_sphere_fraction_matches_the_exact_cap_on_a_planar_isodose(radius_mm, offset_in_radii):
+    # dose = 2 Gy/mm · (x − 0.7 y + 0.4 z) on the grid is linear, so its trilinear interpolation is exact
+    # and the 95 % isodose of P is a plane at an oblique angle: the hot part of the sphere is a spherical cap.
+    n = 30
+    z, y, x = np.meshgrid(*(2.0 * np.arange(n),) * 3, indexing="ij")
+    g = np.array([1.0, -0.7, 0.4])
+    d = image(2.0 * (g[0] * x + g[1] * y + g[2] * z) + 100.0)
+    centre = np.array([29.3, 30.1, 28.7])
+    unit = g / np.linalg.norm(g)
+    thr_point = centre + offset_in_radii * radius_mm * unit  # the isodose plane passes here
+    p = float(2.0 * g @ thr_point + 100.0) / 0.95
+    f = sphere_fraction(d, sphere(d, centre, radius_mm), p, 0.95)
+    assert f == pytest.approx(cap_fraction(offset_in_radii), abs=0.003)
+
+
+def test_zero_radius_sphere_is_the_centre_point():
+    d = x_gradient()
+    centre = np.array([21.0, 20.0, 20.0])  # 21 Gy
+    assert sphere_fraction(d, sphere(d, centre, 0.0), 21.0 / 0.95 - 0.01, 0.95) == 1.0
+    assert sphere_fraction(d, sphere(d, centre, 0.0), 21.0 / 0.95 + 0.01, 0.95) == 0.0
+
+
+def test_sphere_fraction_counts_the_part_beyond_the_grid_as_dose_zero():
+    # Uniform 70 Gy on a grid whose voxels span x ∈ [−1, 19] mm; a 5 mm sphere centred at x = 0 has the
+    # part x < −1 mm (a cap beyond a plane 1 mm from the centre) beyond the grid: f = 1 − cap(0.2) = 0.648.
     d = image(np.full((10, 10, 10), 70.0))
     edge = sphere(d, np.array([0.0, 10.0, 10.0]), 5.0)
     f = sphere_fraction(d, edge, 60.0, 0.95)
-    assert f == pytest.approx(edge.n_inside_grid / edge.n_voxels) and f < 0.95
+    assert f == pytest.approx(1.0 - cap_fraction(0.2), abs=0.003)
     assert volume_class(f, 0.95) == 2
 
 

@@ -138,7 +138,10 @@ def test_unassigned_arm_keeps_rows_with_null_classes_and_reports_issue():
     assert {r["arm"] for r in rows.values()} == {"unassigned"}
     assert all(r["centroid_class"] is None and r["prescription_gy"] is None for r in rows.values())
     assert rows["high"]["centroid_dose_gy"] == pytest.approx(20.0)
-    assert "ARM_UNASSIGNED" in [i["code"] for i in res.issues]
+    msg = next(i["message"] for i in res.issues if i["code"] == "ARM_UNASSIGNED")
+    # every arm tested with its own high CTV, with the numbers
+    assert "arm A (65 Gy): CTV_65 (alias *CTV*65*) mean 20.00 Gy" in msg
+    assert "arm B (60 Gy): CTV_60 (alias *CTV*60*) mean 20.00 Gy" in msg and "arm C (50 Gy): no high-level CTV" in msg
 
 
 def test_recurrence_outside_dose_grid_gets_zero_dose_and_flag():
@@ -153,7 +156,10 @@ def test_recurrence_outside_dose_grid_gets_zero_dose_and_flag():
     assert rows["low"]["dawson_class"] == "outside"
     assert rows["high"]["mohamed_type"] == "E"
     sphere_cc = res.dose_statistics.filter(pl.col("role") == "sphere")["volume_cc"].item()
-    assert rows["high"]["sphere_voxels_outside_dose_grid"] == pytest.approx(sphere_cc / 0.008)  # all (0.008 cc each)
+    assert sphere_cc == pytest.approx(4 / 3 * np.pi * 5.0**3 / 1000)  # the sub-voxel samples' volume
+    # every voxel of the 5 mm mask: 56 odd-mm lattice points lie within 5 mm of (40, 0, 0) (voxel count)
+    assert rows["high"]["sphere_voxels_outside_dose_grid"] == 56
+    assert rows["high"]["sphere_outside_dose_fraction"] == 1.0  # every sub-voxel sample
     assert "CENTROID_OUTSIDE_DOSE_GRID" in [i["code"] for i in res.issues]
     # without the support the same patient is inside the working grid: dose 0 but no flag
     vols.dose_support = None
@@ -181,9 +187,63 @@ def test_no_dose_and_missing_recurrence_are_patient_data_errors():
         run_dosimetry(vols, CONFIG, radius_mm=5.0, sigma_mm=1.0)
 
 
-def test_radius_is_raised_to_one_voxel():
-    res = run_dosimetry(make_volumes(), CONFIG, radius_mm=0.5, sigma_mm=0.0)
-    assert res.classification["radius_mm"].to_list() == [2.0, 2.0, 2.0]
+def test_sub_voxel_radius_is_kept_and_meaningful(tmp_path):
+    # A well-registered patient: 0.5 mm. No one-voxel floor; the sphere's fraction is sub-voxel sampled.
+    # Centre at x = 13 mm, on the outer voxel layer of the 66 Gy core (voxel centres at odd mm).
+    res = run_dosimetry(make_volumes(rec_centre=(13.0, 0.0, 0.0), rec_radius=3.0), CONFIG, radius_mm=0.5,
+                        sigma_mm=0.0, figure_path=tmp_path / "overlay.png")
+    assert res.figure_path.stat().st_size > 10_000  # the overlay copes with a sphere mask of no voxel
+    rows = by_level(res.classification)
+    assert res.classification["radius_mm"].to_list() == [0.5, 0.5, 0.5]
+    # x = 13 mm is a 66 Gy voxel centre, x = 15 mm a 61 Gy one: the trilinear 61.75 Gy (0.95·65) isodose
+    # crosses x = 13 + 2·(66 − 61.75)/5 = 14.7 mm, beyond the 0.5 mm sphere: all of it is hot.
+    assert rows["high"]["sphere_fraction"] == 1.0 and rows["high"]["volume_class"] == 1
+    sph = res.dose_statistics.filter(pl.col("role") == "sphere").row(0, named=True)
+    assert sph["volume_cc"] == pytest.approx(4 / 3 * np.pi * 0.125 / 1000)
+    # the coolest samples sit at x ≈ 13.5 mm: trilinear 0.75·66 + 0.25·61 = 64.75 Gy
+    assert sph["min_gy"] == pytest.approx(64.75, abs=0.05) and sph["max_gy"] == pytest.approx(66.0)
+
+
+def test_level_named_ctvs_are_used_and_their_alias_recorded():
+    cfg = TrialConfig(trial="T1", probability={"samples": 2000, "seed": 3}, aliases={
+        "ctv": ["*CTV*{dose}*"], "ctv_by_level": {"high": ["CTV_High"], "intermediate": ["CTV_Mid"]}})
+    vols = make_volumes()
+    rename = {"CTV_65": "CTV_High", "CTV_60": "CTV_Mid"}
+    for s in vols.structures:
+        s.name = rename.get(s.name, s.name)
+    res = run_dosimetry(vols, cfg, radius_mm=5.0, sigma_mm=1.0)
+    rows = by_level(res.classification)
+    assert rows["high"]["arm"] == "A"
+    assert [(rows[lvl]["ctv_name"], rows[lvl]["ctv_alias"]) for lvl in ("high", "intermediate", "low")] == [
+        ("CTV_High", "CTV_High"), ("CTV_Mid", "CTV_Mid"), ("CTV_54", "*CTV*54*")]
+    assert rows["high"]["mohamed_type"] == "A" and res.issues == []
+
+
+def test_ambiguous_and_implausible_ctvs_are_issues():
+    vols = make_volumes()
+    vols.structures.append(StructureMask("CTV_65_ring", "ctv", "planning", ball((0, 0, 0), 16), "*CTV*65*"))
+    res = run_dosimetry(vols, CONFIG, radius_mm=5.0, sigma_mm=1.0)
+    rows = by_level(res.classification)
+    assert rows["high"]["arm"] == "unassigned" and rows["high"]["centroid_class"] is None
+    codes = [i["code"] for i in res.issues]
+    assert codes.count("CTV_AMBIGUOUS") == 1 and "ARM_UNASSIGNED" in codes
+    msg = next(i["message"] for i in res.issues if i["code"] == "CTV_AMBIGUOUS")
+    assert "'CTV_65'" in msg and "'CTV_65_ring'" in msg
+    # covariates name the arm: the other levels are classified, the high CTV stays unresolved
+    res = run_dosimetry(vols, CONFIG, radius_mm=5.0, sigma_mm=1.0, covariate_arm="A")
+    rows = by_level(res.classification)
+    assert rows["high"]["ctv_name"] is None and rows["intermediate"]["ctv_name"] == "CTV_60"
+    assert rows["high"]["centroid_class"] == 1 and rows["high"]["mohamed_type"] is None
+    assert [i["code"] for i in res.issues].count("CTV_AMBIGUOUS") == 1
+    # a CTV named for 54 Gy that received the 66 Gy core only: D95 +22 % -> CTV_DOSE_IMPLAUSIBLE, still arm A.
+    # (The phantom's nested CTV_54 of r 28 mm has mean 58.5 Gy, +8 %, D95 55 Gy: plausible, no issue.)
+    vols = make_volumes()
+    for s in vols.structures:
+        if s.name == "CTV_54":
+            s.mask = ball((0, 0, 0), 10)
+    res = run_dosimetry(vols, CONFIG, radius_mm=5.0, sigma_mm=1.0)
+    (issue,) = [i for i in res.issues if i["code"] == "CTV_DOSE_IMPLAUSIBLE"]
+    assert "CTV_54" in issue["message"] and "54 Gy" in issue["message"] and "D95 66.00 Gy" in issue["message"]
 
 
 def test_dose_statistics_table_shape_and_consistency():

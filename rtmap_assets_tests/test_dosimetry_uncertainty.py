@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import SimpleITK as sitk
 
 from rtmap_assets.config import Uncertainty
 from rtmap_assets.dosimetry.uncertainty import (
     cohort_radius,
     landmark_distance_mm,
-    min_radius_mm,
     patient_uncertainty_mm,
     sphere_radius,
 )
@@ -45,32 +43,26 @@ def test_patient_uncertainty_missing_or_empty_landmark():
 
 def test_cohort_radius_is_a_percentile_and_changes_with_the_cohort():
     d = [1.0, 2.0, 3.0, 4.0, 5.0]
-    assert cohort_radius(d, 50, min_radius=0.5) == pytest.approx(3.0)
-    assert cohort_radius(d, 95, min_radius=0.5) == pytest.approx(4.8)
-    assert cohort_radius(d + [9.0], 95, min_radius=0.5) == pytest.approx(8.0)  # a new patient moves it
-    assert cohort_radius([0.1, 0.2, float("nan")], 95, min_radius=2.0) == 2.0  # never below one voxel
+    assert cohort_radius(d, 50) == pytest.approx(3.0)
+    assert cohort_radius(d, 95) == pytest.approx(4.8)
+    assert cohort_radius(d + [9.0], 95) == pytest.approx(8.0)  # a new patient moves it
+    # well-registered cohort: sub-voxel radii are kept (rule 5 with sub-voxel sampling, no one-voxel floor)
+    assert cohort_radius([0.1, 0.2, float("nan")], 95) == pytest.approx(0.195)
     with pytest.raises(ValueError):
-        cohort_radius([float("nan")], 95, min_radius=2.0)
+        cohort_radius([float("nan")], 95)
 
 
-def test_radius_policies_and_voxel_floor():
-    fixed = sphere_radius(Uncertainty(policy="fixed", radius_mm=5.0), min_radius=2.0)
-    assert (fixed.radius_mm, fixed.policy, fixed.floored) == (5.0, "fixed", False)
-    tiny = sphere_radius(Uncertainty(policy="fixed", radius_mm=1.0), min_radius=2.0)
-    assert (tiny.radius_mm, tiny.floored) == (2.0, True)
-    pat = sphere_radius(Uncertainty(policy="patient"), min_radius=2.0, patient_distance_mm=3.7)
+def test_radius_policies_keep_sub_voxel_radii():
+    fixed = sphere_radius(Uncertainty(policy="fixed", radius_mm=5.0))
+    assert (fixed.radius_mm, fixed.policy) == (5.0, "fixed")
+    assert sphere_radius(Uncertainty(policy="fixed", radius_mm=1.0)).radius_mm == 1.0
+    pat = sphere_radius(Uncertainty(policy="patient"), patient_distance_mm=3.7)
     assert pat.radius_mm == pytest.approx(3.7)
-    assert sphere_radius(Uncertainty(policy="patient"), min_radius=2.0, patient_distance_mm=0.4).radius_mm == 2.0
-    coh = sphere_radius(Uncertainty(policy="cohort"), min_radius=2.0, cohort_radius_mm=6.5, patient_distance_mm=1.0)
+    assert sphere_radius(Uncertainty(policy="patient"), patient_distance_mm=0.4).radius_mm == 0.4
+    assert sphere_radius(Uncertainty(policy="patient"), patient_distance_mm=0.0).radius_mm == 0.0
+    coh = sphere_radius(Uncertainty(policy="cohort"), cohort_radius_mm=6.5, patient_distance_mm=1.0)
     assert coh.radius_mm == 6.5
     with pytest.raises(PatientDataError):
-        sphere_radius(Uncertainty(policy="patient"), min_radius=2.0, patient_distance_mm=None)
+        sphere_radius(Uncertainty(policy="patient"), patient_distance_mm=None)
     with pytest.raises(ValueError):
-        sphere_radius(Uncertainty(policy="cohort"), min_radius=2.0)
-
-
-def test_min_radius_is_the_grid_spacing():
-    img = sitk.Image(4, 4, 4, sitk.sitkUInt8)
-    img.SetSpacing((2.0, 2.0, 3.0))
-    assert min_radius_mm(img) == 3.0
-    assert min_radius_mm((2.0, 2.0, 2.0)) == 2.0
+        sphere_radius(Uncertainty(policy="cohort"))

@@ -36,15 +36,21 @@ def test_every_code_in_the_package_is_listed_with_a_meaning():
     args = _code_arguments()
     assert len(args) > 50  # the scan really finds the package's codes
     unknown, built = [], []
+
+    def check(where: str, expr: ast.expr) -> None:
+        if isinstance(expr, ast.IfExp):
+            check(where, expr.body)
+            check(where, expr.orelse)
+        elif isinstance(expr, ast.Constant) and isinstance(expr.value, str) and expr.value.upper() not in CODES:
+            unknown.append(f"{where} {expr.value}")
+        elif (isinstance(expr, ast.Attribute) and isinstance(expr.value, ast.Name) and expr.value.id == "IssueCode"
+              and expr.attr not in IssueCode.__members__):
+            unknown.append(f"{where} IssueCode.{expr.attr}")
+
     for where, expr in args:
-        for node in ast.walk(expr):
-            if isinstance(node, ast.JoinedStr):
-                built.append(f"{where} {ast.unparse(expr)}")
-            elif isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.upper() not in CODES:
-                unknown.append(f"{where} {node.value}")
-            elif (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "IssueCode"
-                  and node.attr not in IssueCode.__members__):
-                unknown.append(f"{where} IssueCode.{node.attr}")
+        if any(isinstance(node, ast.JoinedStr) for node in ast.walk(expr)):
+            built.append(f"{where} {ast.unparse(expr)}")
+        check(where, expr)
     assert not built, f"codes built from pieces at run time: {built}"
     assert not unknown, f"codes missing from rtmap_assets.issue_codes.IssueCode: {unknown}"
     assert set(MEANINGS) == set(IssueCode)
@@ -55,3 +61,10 @@ def test_issue_codes_doc_is_current():
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     assert (ROOT / "docs" / "ISSUE_CODES.md").read_text() == mod.issue_codes_markdown()
+
+
+def test_subject_key_reject_codes_are_issue_codes():
+    """The catalog's rule-17 rejects become issue rows with their code taken from the reason's prefix."""
+    from rtmap_assets.dicom.catalog import SUBJECT_CODES
+
+    assert set(SUBJECT_CODES) <= CODES

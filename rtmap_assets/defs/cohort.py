@@ -60,8 +60,7 @@ def cohort_uncertainty(context: dg.AssetExecutionContext, paths: RtmapPaths, tri
     table = landmark_distances(read_upstream(context, paths.lake, REGISTRATION_QC,
                                              columns=["patient_id", "landmark_distance_mm"]))
     d = table["landmark_distance_mm"].drop_nulls()
-    radius = cohort_radius(d.to_list(), config.uncertainty.cohort_percentile,
-                           min_radius=config.grid_spacing_mm) if d.len() else None
+    radius = cohort_radius(d.to_list(), config.uncertainty.cohort_percentile) if d.len() else None
     table = table.with_columns(
         pl.lit(radius, dtype=pl.Float64).alias("cohort_radius_mm"),
         pl.lit(config.uncertainty.cohort_percentile).alias("cohort_percentile"),

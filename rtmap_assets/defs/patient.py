@@ -52,9 +52,9 @@ from rtmap_assets.pipeline.issues import record_issues
 from rtmap_assets.pipeline.volumes import PatientVolumes
 
 SILVER, GOLD = "patient_silver", "patient_gold"
-# Bump when the science of a step changes: every patient is then recomputed once by that step.
-IMAGING_CODE_VERSION = "imaging-2"
-DOSIMETRY_CODE_VERSION = "dosimetry-2"
+# Bump when the science of a step changes: every patient is then recomputed once.
+IMAGING_CODE_VERSION = "imaging-2"  # mapped masks keep their volume (grid.resample_mask)
+DOSIMETRY_CODE_VERSION = "dosimetry-2"  # level-named CTVs, per-arm high CTV, sub-voxel sphere
 HEAVY_POOL = "rtmap_patient_heavy"
 VIEWER_DOSE_FLOOR = 0.3  # the viewer's dose wash is hidden below this fraction of the highest prescription
 
@@ -302,9 +302,8 @@ def patient_classification(context: dg.AssetExecutionContext, paths: RtmapPaths,
             issues_in.append({"code": "COHORT_RADIUS_PENDING", "message": "cohort radius not computed yet: "
                               f"classified with the fixed radius {config.uncertainty.radius_mm} mm for now"})
             cohort = config.uncertainty.radius_mm
-        # The working grid is isotropic at grid_spacing_mm: one voxel, without loading any volume.
-        radius = sphere_radius(config.uncertainty, min_radius=config.grid_spacing_mm,
-                               patient_distance_mm=distance, cohort_radius_mm=cohort)
+        # Sub-voxel sphere sampling (rule 10): any radius is meaningful, no one-voxel floor.
+        radius = sphere_radius(config.uncertainty, patient_distance_mm=distance, cohort_radius_mm=cohort)
     except Exception as err:  # noqa: BLE001
         raise _fail(lake, pid, "dosimetry", err, context) from err
     version = dosimetry_version(qc["data_version"][0], config, radius.radius_mm, covariate_arm)

@@ -1,4 +1,4 @@
-"""Patient manifest: which DICOM objects play which role for each patient (DESIGN.md rule 1).
+"""Patient manifest: which DICOM objects play which role for each patient (rule 1).
 
 Input is the `dicom_files` catalog (see `catalog.py`); output is two tables:
 
@@ -20,8 +20,8 @@ Rule 1 as implemented, in the steps of `resolve_patient`:
 * A structure set *references* an image series through its RTReferencedSeriesSequence when any
   of those series is in the catalog, otherwise through its frame(s) of reference.
 * Planning CT: the CT series of two or more slices whose FrameOfReferenceUID is that of an RTDOSE
-  and which is referenced by an RTSTRUCT with a CTV (a structure matching `aliases.ctv_for_dose(p)`
-  for a prescription p > 0 of any arm). Exactly one such series is required. A one-slice CT (a
+  and which is referenced by an RTSTRUCT with a CTV (a structure matching `config.ctv_patterns()`: the
+  dose-templated names for any prescription p > 0, or a level name). Exactly one such series is required. A one-slice CT (a
   scout, one exported slice) is never a planning CT (`PLANNING_CT_ONE_SLICE` when it is the only
   one); a CTV-referenced CT whose frame of reference no RTDOSE shares is `RTDOSE_OTHER_FRAME`.
 * Planning RTSTRUCT: the single CTV structure set referencing the planning CT. A structure set
@@ -232,14 +232,8 @@ def sort_slices(rows: Sequence[dict[str, Any]]) -> list[str]:
 
 
 def ctv_aliases(config: TrialConfig) -> list[str]:
-    """CTV patterns for every prescription > 0 of any arm, highest dose first, without repeats."""
-    doses = sorted({p for arm in config.arms.values() for p in arm if p > 0}, reverse=True)
-    out: list[str] = []
-    for d in doses:
-        for pattern in config.aliases.ctv_for_dose(d):
-            if pattern not in out:
-                out.append(pattern)
-    return out
+    """Every CTV pattern of the trial: dose-templated for each prescription, then level names."""
+    return config.ctv_patterns()
 
 
 def _fmt_matches(found: Sequence[tuple[str, str]]) -> str:

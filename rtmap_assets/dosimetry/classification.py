@@ -1,10 +1,12 @@
-"""Recurrence classification schemes (DESIGN.md rules 9–12).
+"""Recurrence classification schemes (docs/RULES.md rules 9–12).
 
 - Centroid class (seed): dose at the mapped-recurrence centroid ≥ 0.95·P -> 1 (inside), else 0.
   The seed read the dose at a truncated voxel index; rtmap interpolates trilinearly at the point in
   mm. A centroid outside the dose grid gets dose 0 and `in_dose_grid = False` (explicit, not hidden).
-- Volume class (seed): f = fraction of sphere voxels with dose ≥ 0.95·P (voxels beyond the grid
-  edge count, with dose 0); f ≥ 0.95 -> 1 inside, 0 < f < 0.95 -> 2 peripheral, f = 0 -> 0 outside.
+- Volume class (seed): f = fraction of the sphere's volume with dose ≥ 0.95·P; f ≥ 0.95 -> 1 inside,
+  0 < f < 0.95 -> 2 peripheral, f = 0 -> 0 outside. The seed counted voxel centres (4–7 of them for
+  a 2 mm sphere on a 2 mm grid); rtmap samples the ball below the voxel size (regions.unit_ball_points)
+  against the trilinear dose, points beyond the grid edge with dose 0.
 - Dawson: f = fraction of mapped rGTV voxels with dose ≥ 0.95·P; ≥ 0.95 "in-field",
   [0.20, 0.95) "marginal", < 0.20 "outside".
 - Mohamed A–E (per patient, not per level): centroid inside the high CTV -> A; else centroid dose
@@ -24,7 +26,8 @@ import SimpleITK as sitk
 from scipy.ndimage import map_coordinates
 
 from rtmap_assets.config import Thresholds
-from rtmap_assets.dosimetry.regions import Sphere, isodose_threshold, mask_array, physical_to_continuous_index, point_in_mask
+from rtmap_assets.dosimetry.regions import (Sphere, isodose_threshold, mask_array, physical_to_continuous_index,
+                                           point_in_mask, points_in_mask)
 
 INSIDE, OUTSIDE, PERIPHERAL = 1, 0, 2
 DAWSON_INFIELD, DAWSON_MARGINAL, DAWSON_OUTSIDE = "in-field", "marginal", "outside"
@@ -71,13 +74,34 @@ def centroid_class(dose_gy: float, prescription_gy: float, fraction: float) -> i
     return INSIDE if dose_gy >= thr else OUTSIDE
 
 
-def sphere_fraction(dose: sitk.Image, sph: Sphere, prescription_gy: float, fraction: float) -> float | None:
-    """Fraction of the sphere's voxels (incl. those beyond the grid edge, dose 0) with dose ≥ fraction·P."""
+@dataclass(frozen=True)
+class SphereSamples:
+    """The sphere's sub-voxel sample points and their trilinear doses (0 beyond the grid)."""
+
+    doses_gy: np.ndarray  # (N,)
+    outside_dose_fraction: float  # share of points beyond the grid or outside the dose support
+    volume_cc: float  # 4/3 π r³, shared equally by the points
+
+
+def sphere_samples(dose: sitk.Image, sph: Sphere, support: sitk.Image | None = None) -> SphereSamples:
+    pts = sph.sample_points()
+    doses, in_grid = dose_at_points(dose, pts)
+    if support is not None:
+        in_grid &= points_in_mask(support, pts)
+    return SphereSamples(doses, float(1.0 - in_grid.mean()), sph.exact_volume_cc)
+
+
+def sphere_fraction(dose: sitk.Image | SphereSamples, sph: Sphere | None, prescription_gy: float,
+                    fraction: float) -> float | None:
+    """Fraction of the sphere's volume with dose ≥ fraction·P, by sub-voxel sampling (module docstring).
+
+    `dose` may be the dose image (sampled here) or `SphereSamples` already taken (sph is then unused).
+    """
     thr = isodose_threshold(prescription_gy, fraction)
     if thr is None:
         return None
-    hot = int(np.count_nonzero(sitk.GetArrayViewFromImage(dose)[mask_array(sph.mask)] >= thr))
-    return hot / sph.n_voxels
+    samples = dose if isinstance(dose, SphereSamples) else sphere_samples(dose, sph)
+    return float(np.count_nonzero(samples.doses_gy >= thr)) / samples.doses_gy.size
 
 
 def volume_class(f: float | None, inside_fraction: float) -> int | None:

@@ -1,4 +1,4 @@
-"""Dose statistics per structure (DESIGN.md rule 14). Conventions: docs/DOSIMETRY.md.
+"""Dose statistics per structure (rule 14). Conventions: docs/DOSIMETRY.md.
 
 - Occupancy: a voxel belongs to a structure when its mask value (rasterised at the voxel centre)
   is set; each voxel carries the dose at its centre and the volume of one voxel.

@@ -1,4 +1,4 @@
-"""Probability that the recurrence centroid lies inside each level's 95 % isodose (DESIGN.md rule 13).
+"""Probability that the recurrence centroid lies inside each level's 95 % isodose (rule 13).
 
 The mapped centroid is uncertain: the registration error at the recurrence is modelled as an
 isotropic Gaussian displacement with standard deviation σ per axis. rtmap uses σ = the patient's

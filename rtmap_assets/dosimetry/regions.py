@@ -2,11 +2,15 @@
 
 Conventions (docs/DOSIMETRY.md):
 - Points are LPS mm; grids are SimpleITK images (numpy arrays from them are indexed [z, y, x]).
-- Voxel-centre occupancy: a voxel belongs to a sphere when its centre lies within the radius.
-- The sphere is enumerated on the grid's lattice *extended beyond the image*: lattice voxels that
-  fall outside the image are counted (`n_outside_grid`) and treated as dose 0, exactly like the
-  zero-filled dose outside the RTDOSE extent. A sphere crossing the grid edge is therefore not
-  silently shrunk: its outside part counts as "not in the isodose".
+- The sphere's *dose fraction* (rule 10) is sub-voxel: a fixed set of `SPHERE_SAMPLES` points
+  filling the ball uniformly (`unit_ball_points`, scaled by the radius), each with the trilinear dose
+  at the point and an equal share of the ball's volume. Any radius is meaningful, also below one
+  voxel (0 gives the centre point alone).
+- The sphere's *mask* (overlay, `sphere_voxels_outside_dose_grid`) stays voxel-based: a voxel
+  belongs to it when its centre lies within the radius. It is enumerated on the grid's lattice
+  *extended beyond the image*: lattice voxels outside the image are counted (`n_outside_grid`).
+  Points and voxels beyond the grid edge have dose 0, like the zero-filled dose outside the RTDOSE
+  extent, so a sphere crossing the grid edge is not silently shrunk.
 - Isodose region of a level with prescription P > 0: dose ≥ isodose_fraction · P. Absent levels
   (P = 0) have no region.
 """
@@ -15,9 +19,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cache
 
 import numpy as np
 import SimpleITK as sitk
+from scipy.stats import qmc
 
 from rtmap_assets.errors import PatientDataError
 
@@ -57,16 +63,53 @@ def voxel_volume_cc(image: sitk.Image) -> float:
 
 def point_in_mask(mask: sitk.Image, point_mm: np.ndarray) -> bool:
     """Whether the voxel that contains the point (nearest voxel centre) is in the mask; False off-grid."""
-    idx = np.rint(physical_to_continuous_index(mask, point_mm)[0]).astype(int)
+    return bool(points_in_mask(mask, np.atleast_2d(np.asarray(point_mm, dtype=float)))[0])
+
+
+def points_in_mask(mask: sitk.Image, points_mm: np.ndarray) -> np.ndarray:
+    """`point_in_mask` for (N, 3) points at once."""
+    idx = np.rint(physical_to_continuous_index(mask, points_mm)).astype(int)
     size = np.asarray(mask.GetSize())
-    if np.any(idx < 0) or np.any(idx >= size):
-        return False
-    return bool(mask_array(mask)[idx[2], idx[1], idx[0]])
+    ok = np.all((idx >= 0) & (idx < size), axis=1)
+    out = np.zeros(len(idx), dtype=bool)
+    g = idx[ok]
+    out[ok] = mask_array(mask)[g[:, 2], g[:, 1], g[:, 0]]
+    return out
+
+
+# Sub-voxel sampling of the sphere (rule 10). An unscrambled (deterministic) Sobol sequence of 2^14
+# points in the cube, kept inside the unit ball (8571) and mirrored through the centre (x and -x, so
+# the set's centroid is exactly the centre): 17142 points. Measured against the exact cap fraction of
+# a plane cutting the ball (203 plane orientations, 401 offsets each), the fraction's error is at most
+# 0.0026 (measured 0.00251; a cubic lattice of the same size: 0.023, it moves by whole layers); see
+# rtmap_assets_tests/test_dosimetry_regions.py and docs/DOSIMETRY.md.
+SPHERE_SAMPLES_LOG2 = 14
+
+
+@cache
+def unit_ball_points() -> np.ndarray:
+    """(N, 3) points filling the unit ball uniformly (read-only; N = SPHERE_SAMPLES)."""
+    u = qmc.Sobol(d=3, scramble=False).random_base2(SPHERE_SAMPLES_LOG2) * 2.0 - 1.0
+    u = u[np.einsum("ij,ij->i", u, u) <= 1.0]
+    pts = np.vstack([u, -u])
+    pts.setflags(write=False)
+    return pts
+
+
+SPHERE_SAMPLES = int(unit_ball_points().shape[0])
+
+
+def sphere_sample_points(centre_mm: np.ndarray | tuple[float, float, float], radius_mm: float) -> np.ndarray:
+    """The sub-voxel sample points (mm) of a sphere; each stands for 1/N of its volume."""
+    if not radius_mm >= 0:
+        raise ValueError(f"sphere radius must be >= 0 mm, got {radius_mm}")
+    return np.asarray(centre_mm, dtype=float) + float(radius_mm) * unit_ball_points()
 
 
 @dataclass(frozen=True)
 class Sphere:
-    """A sphere sampled on a grid's lattice (voxel-centre occupancy)."""
+    """A sphere: its centre and radius (the sub-voxel dose fraction uses these), and its voxel mask on
+    a grid's lattice (voxel-centre occupancy, for the overlay and the voxel counts)."""
 
     centre_mm: tuple[float, float, float]
     radius_mm: float
@@ -80,7 +123,16 @@ class Sphere:
 
     @property
     def volume_cc(self) -> float:
+        """Voxel-count volume of the mask (incl. beyond the grid)."""
         return self.n_voxels * voxel_volume_cc(self.mask)
+
+    @property
+    def exact_volume_cc(self) -> float:
+        """4/3 π r³: the volume the sub-voxel samples share."""
+        return 4.0 / 3.0 * np.pi * self.radius_mm**3 / 1000.0
+
+    def sample_points(self) -> np.ndarray:
+        return sphere_sample_points(self.centre_mm, self.radius_mm)
 
 
 def sphere(reference: sitk.Image, centre_mm: np.ndarray | tuple[float, float, float], radius_mm: float) -> Sphere:
@@ -88,8 +140,8 @@ def sphere(reference: sitk.Image, centre_mm: np.ndarray | tuple[float, float, fl
 
     Only the sphere's bounding box in index space is enumerated (a clinical grid has ~10^7 voxels).
     """
-    if not radius_mm > 0:
-        raise ValueError(f"sphere radius must be > 0 mm, got {radius_mm}")
+    if not radius_mm >= 0:
+        raise ValueError(f"sphere radius must be >= 0 mm, got {radius_mm}")
     a, origin = index_to_physical_matrix(reference)
     centre = np.asarray(centre_mm, dtype=float)
     c_idx = physical_to_continuous_index(reference, centre)[0]

@@ -1,4 +1,4 @@
-"""Registration uncertainty and the sphere radius policy (DESIGN.md rule 5).
+"""Registration uncertainty and the sphere radius policy (rule 5).
 
 The uncertainty of one patient is the distance between the landmark's centroid drawn on the
 planning image and the centroid of the same landmark drawn on the relapse image and mapped to
@@ -6,8 +6,10 @@ planning space: a perfect registration puts them on top of each other.
 
 The radius policy turns uncertainties into a sphere radius: `fixed` (the seed: 5 mm), `patient`
 (the patient's own distance) or `cohort` (a percentile of all patients' distances, so the cohort
-asset recomputes it when the cohort changes). Whatever the policy, the radius is never below one
-voxel of the working grid: a smaller sphere would hold at most one voxel centre.
+asset recomputes it when the cohort changes). There is no floor: the sphere's dose fraction is
+sampled below the voxel size (rule 10), so a well-registered patient's 0.3 mm is used as it is
+(the seed raised it to one voxel because it counted voxel centres). 0 is a point: the sphere's
+fraction is then the centroid's class.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-import SimpleITK as sitk
 
 from rtmap_assets.config import Uncertainty
 from rtmap_assets.dosimetry.regions import mask_centroid_mm
@@ -30,12 +31,6 @@ Policy = Literal["fixed", "patient", "cohort"]
 def landmark_distance_mm(planning_centroid_mm: np.ndarray, mapped_centroid_mm: np.ndarray) -> float:
     """Euclidean distance (mm) between the planning and the mapped landmark centroids."""
     return float(np.linalg.norm(np.asarray(planning_centroid_mm, float) - np.asarray(mapped_centroid_mm, float)))
-
-
-def min_radius_mm(grid: sitk.Image | Sequence[float]) -> float:
-    """One voxel: the largest grid spacing (the working grid is isotropic, so simply its spacing)."""
-    spacing = grid.GetSpacing() if isinstance(grid, sitk.Image) else grid
-    return float(max(spacing))
 
 
 def patient_uncertainty_mm(volumes: PatientVolumes) -> float:
@@ -59,8 +54,8 @@ def patient_uncertainty_mm(volumes: PatientVolumes) -> float:
     return landmark_distance_mm(c_plan, c_map)
 
 
-def cohort_radius(distances: Sequence[float], percentile: float, min_radius: float) -> float:
-    """Percentile (linear interpolation) of the cohort's landmark distances, floored at one voxel.
+def cohort_radius(distances: Sequence[float], percentile: float) -> float:
+    """Percentile (linear interpolation) of the cohort's landmark distances.
 
     NaNs (patients without a landmark) are ignored; with no usable distance at all the radius
     cannot be derived and a ValueError is raised (a cohort-level problem, not one patient's).
@@ -71,24 +66,22 @@ def cohort_radius(distances: Sequence[float], percentile: float, min_radius: flo
         raise ValueError("cohort radius: no patient has a landmark distance")
     if not 0 <= percentile <= 100:
         raise ValueError(f"cohort radius: percentile must be in [0, 100], got {percentile}")
-    return max(float(np.percentile(d, percentile)), float(min_radius))
+    return float(np.percentile(d, percentile))
 
 
 @dataclass(frozen=True)
 class RadiusDecision:
     radius_mm: float
     policy: Policy
-    floored: bool  # True when the policy's value was below one voxel and was raised to it
 
 
 def sphere_radius(
     policy_config: Uncertainty,
     *,
-    min_radius: float,
     patient_distance_mm: float | None = None,
     cohort_radius_mm: float | None = None,
 ) -> RadiusDecision:
-    """Sphere radius for one patient under the configured policy, never below `min_radius` (one voxel)."""
+    """Sphere radius for one patient under the configured policy (no floor: see the module docstring)."""
     policy = policy_config.policy
     if policy == "fixed":
         raw = policy_config.radius_mm
@@ -103,4 +96,6 @@ def sphere_radius(
         raw = float(cohort_radius_mm)
     else:  # pragma: no cover - the config model restricts the literal
         raise ValueError(f"unknown radius policy {policy!r}")
-    return RadiusDecision(radius_mm=max(raw, float(min_radius)), policy=policy, floored=raw < min_radius)
+    if raw < 0:
+        raise ValueError(f"sphere radius must be >= 0 mm, got {raw}")
+    return RadiusDecision(radius_mm=float(raw), policy=policy)

@@ -1,6 +1,6 @@
 """What the classification codes mean, in one place for the viewer, the overlay and the dashboard.
 
-The codes are those of `recurrence_classification` (docs/ARCHITECTURE.md, DESIGN.md rules 9–12):
+The codes are those of `recurrence_classification` (docs/ARCHITECTURE.md, docs/RULES.md rules 9–12):
 seed volume class 1 inside / 2 peripheral / 0 outside, seed centroid class 1 inside / 0 outside,
 Dawson in-field / marginal / outside, Mohamed A–E (per patient).
 """

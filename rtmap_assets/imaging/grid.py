@@ -1,4 +1,4 @@
-"""The working grid (DESIGN.md rule 3): isotropic, axis-aligned, cropped to the body.
+"""The working grid (rule 3): isotropic, axis-aligned, cropped to the body.
 
 Working grids have identity direction and `spacing_mm` (default 2 mm) in every axis. They cover the
 body's bounding box plus a margin rather than the whole scanner field of view: for a head-and-neck
@@ -110,14 +110,93 @@ def resample_dose(dose: sitk.Image, reference: sitk.Image) -> sitk.Image:
     return resample(dose, reference, default_value=0.0)
 
 
-def resample_mask(mask: sitk.Image, reference: sitk.Image, transform: sitk.Transform | None = None) -> sitk.Image:
-    """A 0/1 mask onto `reference`: linear interpolation of the mask then >= 0.5.
+# Mapping a 0/1 mask (rule 4) without losing volume. Interpolating the 0/1 mask linearly and cutting
+# at 0.5 shrinks convex shapes (the cut surface is pulled in by the curvature, ~h²/R): mapped
+# recurrences came out 1-8 % smaller than drawn. A signed distance cut at zero has the same kind of
+# bias (linear interpolation of a convex function overestimates it). So the two jobs are split:
+# - how much: the integral of the linearly interpolated occupancy. Linear interpolation weights sum
+#   to one, so this integral is the source volume for any translation and follows the transform's
+#   volume change for rotations and deformations;
+# - where: the signed distance, whose ranking places that volume around the mapped surface.
+# The mapped mask is the round(volume / voxel) reference voxels with the lowest interpolated signed
+# distance. Measured on spheres and ellipsoids of 5-30 mm (rtmap_assets_tests/test_imaging_mask_volume.py).
+_PAD_VOXELS = 3  # the crop around the mask: the distance map only needs to be right near the surface
+_TIE_SHIFT = 1e-3  # of a voxel: a consistent tie rule (as rasterisers' top-left rule) for surfaces
+#                    landing exactly on voxel centres
 
-    This keeps the boundary where the interpolated occupancy crosses one half, which follows the
-    original surface more closely than nearest-neighbour (no staircase shifts of half a voxel).
+
+def signed_distance_mm(mask: sitk.Image) -> sitk.Image:
+    """Float32 signed distance of a 0/1 mask, negative inside, with the surface half-way between
+    inside and outside voxel centres: distance to the nearest object voxel centre (outside) minus
+    distance to the nearest background voxel centre (inside). Maurer's signed map alone puts zero on
+    the inside boundary voxels, i.e. half a voxel inside the surface."""
+    binary = sitk.Cast(mask > 0, sitk.sitkUInt8)
+    kw = dict(insideIsPositive=False, squaredDistance=False, useImageSpacing=True)
+    to_object = sitk.Clamp(sitk.SignedMaurerDistanceMap(binary, **kw), sitk.sitkFloat32, lowerBound=0.0)
+    to_background = sitk.Clamp(sitk.SignedMaurerDistanceMap(1 - binary, **kw), sitk.sitkFloat32, lowerBound=0.0)
+    return to_object - to_background
+
+
+def _crop_to_mask(mask: sitk.Image, pad: int) -> sitk.Image | None:
+    kji = np.argwhere(sitk.GetArrayViewFromImage(mask) > 0)
+    if len(kji) == 0:
+        return None
+    size = np.asarray(mask.GetSize())
+    lo = np.maximum(kji.min(axis=0)[::-1] - pad, 0)
+    hi = np.minimum(kji.max(axis=0)[::-1] + pad, size - 1)
+    crop = sitk.RegionOfInterest(mask, [int(v) for v in hi - lo + 1], [int(v) for v in lo])
+    # Pad beyond the image edge too, so a mask touching the edge still has a surface there.
+    return sitk.ConstantPad(crop, [int(v) for v in pad - (kji.min(axis=0)[::-1] - lo)],
+                            [int(v) for v in pad - (hi - kji.max(axis=0)[::-1])], 0)
+
+
+def _mapped_voxels(occupancy: sitk.Image, reference: sitk.Image, transform: sitk.Transform | None) -> float:
+    """Volume of the mapped mask in reference voxels: the linearly interpolated occupancy integrated
+    over the reference grid, sampled k³ times per reference voxel: k = 2, or more when the source is
+    finer still (k = ratio of spacings, at most 4), so the quadrature sees the source's detail (one
+    sample per voxel gave +6 % for a 5 mm sphere under a 1.1x scaling, 2³ gives -2 %: one voxel)."""
+    ratio = max(reference.GetSpacing()) / min(occupancy.GetSpacing())
+    k = int(min(4, max(2, np.ceil(ratio - 1e-6))))
+    fine = sitk.Image([int(v) * k for v in reference.GetSize()], sitk.sitkUInt8)
+    spacing = np.asarray(reference.GetSpacing()) / k
+    a = np.asarray(reference.GetDirection(), dtype=float).reshape(3, 3) @ np.diag(spacing)
+    fine.SetSpacing(tuple(spacing))
+    fine.SetDirection(reference.GetDirection())
+    # sub-voxel centres centred in each reference voxel
+    fine.SetOrigin(tuple(np.asarray(reference.GetOrigin()) - a @ np.full(3, (k - 1) / 2.0)))
+    values = sitk.GetArrayFromImage(resample(occupancy, fine, transform=transform, default_value=0.0))
+    return float(values.sum(dtype=np.float64)) / k**3
+
+
+def resample_mask(mask: sitk.Image, reference: sitk.Image, transform: sitk.Transform | None = None) -> sitk.Image:
+    """A 0/1 mask onto `reference` through `transform` (reference point -> mask point), keeping its volume.
+
+    Volume = the sum of the linearly interpolated occupancy over the reference voxels (rounded to whole
+    voxels); shape = the voxels with the lowest linearly interpolated signed distance
+    (`signed_distance_mm`, on a crop around the mask). See the comment above for why.
     """
-    frac = resample(sitk.Cast(mask, sitk.sitkFloat32), reference, transform=transform, default_value=0.0)
-    return sitk.Cast(frac >= 0.5, sitk.sitkUInt8)
+    out = sitk.Image(reference.GetSize(), sitk.sitkUInt8)
+    out.CopyInformation(reference)
+    crop = _crop_to_mask(mask, _PAD_VOXELS)
+    if crop is None:
+        return out
+    phi = signed_distance_mm(crop)
+    far = float(np.max(np.asarray(crop.GetSize()) * np.asarray(crop.GetSpacing())))
+    shifted = sitk.Image(reference.GetSize(), sitk.sitkUInt8)
+    shifted.CopyInformation(reference)
+    a = np.asarray(reference.GetDirection(), dtype=float).reshape(3, 3) @ np.diag(reference.GetSpacing())
+    shifted.SetOrigin(tuple(np.asarray(reference.GetOrigin()) + a @ np.full(3, _TIE_SHIFT)))
+    distance = sitk.GetArrayFromImage(resample(phi, shifted, transform=transform, default_value=far))
+    n = int(round(_mapped_voxels(sitk.Cast(crop > 0, sitk.sitkFloat32), shifted, transform)))
+    arr = np.zeros(distance.shape, dtype=np.uint8)
+    if n > 0:
+        flat = distance.ravel()
+        n = min(n, flat.size)
+        keep = np.argpartition(flat, n - 1)[:n] if n < flat.size else np.arange(flat.size)
+        arr.ravel()[keep] = 1
+    result = sitk.GetImageFromArray(arr)
+    result.CopyInformation(reference)
+    return result
 
 
 def body_mask(image: sitk.Image, threshold: float | None = BODY_THRESHOLD_HU) -> sitk.Image:

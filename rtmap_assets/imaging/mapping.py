@@ -1,11 +1,14 @@
-"""Relapse structures -> planning space, and points in both directions (DESIGN.md rule 4).
+"""Relapse structures -> planning space, and points in both directions (rule 4).
 
 The registration transform T maps planning (fixed) points to relapse (moving) points. A relapse
 mask comes to planning space by *resampling* it through T: each planning voxel centre p looks up
-the relapse mask at T(p). The 0/1 mask is interpolated linearly and thresholded at 0.5, which keeps
-the surface where the interpolated occupancy crosses one half (closer to the drawn contour than
-nearest neighbour). A relapse *point* q needs the inverse, T^-1(q), found here by Newton iterations
-on the forward transform with a finite-difference Jacobian (no inverse field is ever built).
+the relapse mask at T(p) (`grid.resample_mask`). The mapped mask keeps the drawn volume: as many
+voxels as the integral of the linearly interpolated occupancy (the source volume for rigid
+transforms, the transform's volume change otherwise), placed where the interpolated signed distance
+is lowest. The former 0/1 interpolation cut at 0.5 was off by -11 to +33 % on 5-30 mm shapes
+(benchmarks/mask_volume_benchmark.py; docs/DOSIMETRY.md). A relapse *point* q needs the inverse, T^-1(q), found here by
+Newton iterations on the forward transform with a finite-difference Jacobian (no inverse field is
+ever built).
 """
 
 from __future__ import annotations

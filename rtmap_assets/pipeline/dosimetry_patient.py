@@ -1,4 +1,4 @@
-"""One patient's dosimetry, end to end, without Dagster (DESIGN.md rules 5–14).
+"""One patient's dosimetry, end to end, without Dagster (docs/RULES.md rules 5–14).
 
 Input: the imaging stage's `PatientVolumes` (everything on the planning working grid), the trial
 configuration, the sphere radius and σ (decided by the radius policy, possibly from the cohort, so
@@ -23,9 +23,10 @@ from rtmap_assets.dosimetry import arm as arm_mod
 from rtmap_assets.dosimetry import classification as cls
 from rtmap_assets.dosimetry.dose_statistics import STAT_COLUMNS, structure_statistics
 from rtmap_assets.dosimetry.probability import probability_inside
-from rtmap_assets.dosimetry.regions import mask_array, recurrence_centroid, sphere, voxel_volume_cc
-from rtmap_assets.dosimetry.uncertainty import min_radius_mm, patient_uncertainty_mm
+from rtmap_assets.dosimetry.regions import Sphere, mask_array, recurrence_centroid, sphere, voxel_volume_cc
+from rtmap_assets.dosimetry.uncertainty import patient_uncertainty_mm
 from rtmap_assets.errors import PatientDataError
+from rtmap_assets.issue_codes import IssueCode
 from rtmap_assets.figures.overlay import OverlayContext, render_overlay
 from rtmap_assets.lake import atomic_write
 from rtmap_assets.pipeline.volumes import PatientVolumes
@@ -49,6 +50,8 @@ CLASSIFICATION_SCHEMA: dict[str, pl.DataType] = {
     # traceability beyond the contract's columns
     "ctv_name": pl.String, "sigma_mm": pl.Float64, "sphere_voxels_outside_dose_grid": pl.Int32,
     "mohamed_reason": pl.String,
+    "ctv_alias": pl.String,  # the alias that matched the level's CTV (a level name or a dose-templated name)
+    "sphere_outside_dose_fraction": pl.Float64,  # share of the sphere's sub-voxel samples beyond the dose grid
 }
 DOSE_STATISTICS_SCHEMA: dict[str, pl.DataType] = {
     "patient_id": pl.String, "structure": pl.String, "role": pl.String, "level": pl.String,
@@ -62,6 +65,9 @@ class DosimetryResult:
     classification: pl.DataFrame
     figure_path: Path | None
     issues: list[dict[str, str | None]] = field(default_factory=list)  # pipeline_issues rows (non-fatal)
+
+
+Issues = list[dict[str, str | None]]
 
 
 def _single_mapped_recurrence(volumes: PatientVolumes):
@@ -103,6 +109,144 @@ def _class_summary(rows: list[dict], mohamed: str | None) -> str:
     return " | ".join(parts + [f"Mohamed {mohamed}"])
 
 
+# ----------------------------------------------------------------------------------------------
+# The steps of one patient's dosimetry
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ArmLevels:
+    """Rule 8 and the level CTVs: the arm, its prescriptions (None when unresolved), each level's CTV."""
+
+    decision: arm_mod.ArmDecision
+    prescriptions: dict[str, float] | None
+    level_ctv: dict[str, arm_mod.LevelCtv | None]
+
+
+def arm_and_levels(volumes: PatientVolumes, config: TrialConfig, covariate_arm: str | None,
+                   issues: Issues) -> ArmLevels:
+    """The arm (dose or covariates) and the CTV of each of its levels; problems go to `issues`."""
+    ctvs = volumes.find("ctv", "planning")
+    decision = arm_mod.determine_arm(ctvs, volumes.dose, config, covariate_arm)
+    problems = list(decision.problems)
+    if decision.arm_mismatch:
+        issues.append(_issue(volumes, "arm_mismatch",
+                             f"covariates name arm {decision.arm}, the dose says {decision.arm_from_dose} "
+                             f"(mean {decision.ctv_mean_dose_gy} Gy in {decision.ctv_name})"))
+    if not decision.resolved:
+        detail = f"tied arms {list(decision.candidates)}" if decision.arm == arm_mod.AMBIGUOUS else "no arm fits"
+        tested = "; ".join(t.describe() for t in decision.tested)
+        code = IssueCode.ARM_AMBIGUOUS if decision.arm == arm_mod.AMBIGUOUS else IssueCode.ARM_UNASSIGNED
+        issues.append(_issue(volumes, code,
+                             f"arm {decision.arm} from dose ({detail}; tested {tested}): classes left empty"))
+        level_ctv: dict[str, arm_mod.LevelCtv | None] = {lvl: None for lvl in LEVELS}
+        prescriptions = None
+    else:
+        prescriptions = config.prescriptions(decision.arm)
+        level_ctv, ambiguous = arm_mod.level_ctvs(ctvs, prescriptions, config)
+        problems += list(ambiguous.values())
+        problems += arm_mod.level_plausibility(level_ctv, prescriptions, volumes.dose, config)
+        for lvl in LEVELS:
+            p = prescriptions[lvl]
+            if p > 0 and level_ctv[lvl] is None and lvl not in ambiguous:
+                issues.append(_issue(volumes, "ctv_missing",
+                                     f"no CTV matches {config.aliases.ctv_for_level(lvl, p)} "
+                                     f"for the {lvl} level ({p:g} Gy)"))
+    seen: set[tuple[str, str]] = set()
+    for exc in problems:  # the dose's and the levels' checks may meet the same CTV twice
+        if (exc.code, exc.message) not in seen:
+            seen.add((exc.code, exc.message))
+            issues.append(exc.as_issue(volumes.patient_id, STAGE))
+    return ArmLevels(decision, prescriptions, level_ctv)
+
+
+def uncertainty_step(volumes: PatientVolumes, issues: Issues) -> float | None:
+    try:
+        return patient_uncertainty_mm(volumes)
+    except PatientDataError as exc:
+        issues.append(exc.as_issue(volumes.patient_id, STAGE))
+        return None
+
+
+@dataclass(frozen=True)
+class SphereStep:
+    sphere: Sphere  # voxel mask (overlay, voxel counts)
+    samples: cls.SphereSamples  # sub-voxel samples (fraction, volume class, sphere dose statistics)
+    voxels_outside_dose: int
+
+
+def sphere_step(volumes: PatientVolumes, centre: np.ndarray, radius_mm: float) -> SphereStep:
+    """Rules 6 and 10: the sphere's voxel mask and its sub-voxel dose samples (no one-voxel floor)."""
+    sph = sphere(volumes.dose, centre, float(radius_mm))
+    outside = sph.n_outside_grid
+    if volumes.dose_support is not None:
+        outside += int(np.count_nonzero(mask_array(sph.mask) & ~mask_array(volumes.dose_support)))
+    samples = cls.sphere_samples(volumes.dose, sph, volumes.dose_support)
+    if samples.outside_dose_fraction:
+        log.info("%s: %.1f %% of the sphere lies outside the dose grid (dose 0)",
+                 volumes.patient_id, 100 * samples.outside_dose_fraction)
+    return SphereStep(sph, samples, outside)
+
+
+def centroid_step(volumes: PatientVolumes, centre: np.ndarray, issues: Issues) -> tuple[float, bool]:
+    c_dose, c_in_grid = cls.centroid_dose(volumes.dose, centre, volumes.dose_support)
+    if not c_in_grid:
+        issues.append(_issue(volumes, "centroid_outside_dose_grid",
+                             f"recurrence centroid {np.round(centre, 1).tolist()} mm lies outside the dose grid: dose 0"))
+    return c_dose, c_in_grid
+
+
+def patient_schemes(volumes: PatientVolumes, config: TrialConfig, levels: ArmLevels, centre: np.ndarray,
+                    c_dose: float, sigma_mm: float, issues: Issues) -> tuple[cls.MohamedResult, dict[str, float | None]]:
+    """Rules 12 and 13: Mohamed's type and the probability of being inside, per level."""
+    if not levels.prescriptions:
+        return cls.MohamedResult(None, "arm not resolved"), {lvl: None for lvl in LEVELS}
+    frac = config.thresholds.isodose_fraction
+    masks = {lvl: (c.mask if c is not None else None) for lvl, c in levels.level_ctv.items()}
+    mohamed = cls.mohamed_type(centre, c_dose, levels.prescriptions, masks, frac)
+    if mohamed.type is None:
+        issues.append(_issue(volumes, "mohamed_undecided", mohamed.reason))
+    probs = probability_inside(volumes.dose, centre, sigma_mm, levels.prescriptions, frac,
+                               samples=config.probability.samples, seed=config.probability.seed)
+    return mohamed, probs
+
+
+def classification_rows(volumes: PatientVolumes, config: TrialConfig, levels: ArmLevels, *, centre: np.ndarray,
+                        c_dose: float, c_in_grid: bool, rec_mask: sitk.Image, sph: SphereStep,
+                        uncertainty: float | None, sigma_mm: float, mohamed: cls.MohamedResult,
+                        probs: dict[str, float | None]) -> list[dict]:
+    """Rules 9–11 per level, beside the per-patient answers: one `recurrence_classification` row per level."""
+    th = config.thresholds
+    frac = th.isodose_fraction
+    d = levels.decision
+    rows = []
+    for lvl in LEVELS:
+        p = levels.prescriptions[lvl] if levels.prescriptions else None
+        present = None if p is None else p > 0
+        sf = cls.sphere_fraction(sph.samples, None, p, frac) if present else None
+        df = cls.dawson_fraction(volumes.dose, rec_mask, p, frac) if present else None
+        c = levels.level_ctv[lvl]
+        rows.append({
+            "patient_id": volumes.patient_id, "trial": config.trial, "level": lvl,
+            "prescription_gy": p, "level_present": present,
+            "arm": d.arm, "arm_source": d.arm_source, "arm_from_dose": d.arm_from_dose,
+            "arm_mismatch": d.arm_mismatch, "ctv_mean_dose_gy": d.ctv_mean_dose_gy,
+            "uncertainty_mm": uncertainty, "radius_mm": sph.sphere.radius_mm, "radius_policy": config.uncertainty.policy,
+            "centroid_x_mm": float(centre[0]), "centroid_y_mm": float(centre[1]), "centroid_z_mm": float(centre[2]),
+            "centroid_dose_gy": c_dose, "centroid_in_dose_grid": c_in_grid,
+            "centroid_class": cls.centroid_class(c_dose, p, frac) if present else None,
+            "sphere_fraction": sf, "volume_class": cls.volume_class(sf, th.volume_inside_fraction),
+            "dawson_fraction": df, "dawson_class": cls.dawson_class(df, th),
+            "mohamed_type": mohamed.type, "probability_inside": probs.get(lvl) if present else None,
+            "ctv_name": c.name if c is not None else None,
+            "sigma_mm": float(sigma_mm), "sphere_voxels_outside_dose_grid": sph.voxels_outside_dose,
+            "mohamed_reason": mohamed.reason,
+            "ctv_alias": c.alias if c is not None else None,
+            "sphere_outside_dose_fraction": sph.samples.outside_dose_fraction,
+        })
+    return rows
+
+
 def run_dosimetry(
     volumes: PatientVolumes,
     config: TrialConfig,
@@ -116,100 +260,29 @@ def run_dosimetry(
     """Arm, sphere, classifications, probabilities and dose statistics for one patient."""
     if volumes.dose is None:
         raise PatientDataError("no_dose", "the patient has no RTDOSE on the working grid", stage=STAGE)
-    dose = volumes.dose
     _check_one_grid(volumes)
-    th = config.thresholds
-    frac = th.isodose_fraction
-    issues: list[dict[str, str | None]] = []
-
+    issues: Issues = []
     rec = _single_mapped_recurrence(volumes)
     centre = recurrence_centroid(rec.mask, rec.name)
 
-    ctvs = volumes.find("ctv", "planning")
-    decision = arm_mod.determine_arm(ctvs, dose, config, covariate_arm)
-    if decision.arm_mismatch:
-        issues.append(_issue(volumes, "arm_mismatch",
-                             f"covariates name arm {decision.arm}, the dose says {decision.arm_from_dose} "
-                             f"(mean {decision.ctv_mean_dose_gy} Gy in {decision.ctv_name})"))
-    prescriptions = config.prescriptions(decision.arm) if decision.resolved else None
-    if prescriptions is None:
-        detail = f"tied arms {list(decision.candidates)}" if decision.arm == arm_mod.AMBIGUOUS else "no arm fits"
-        issues.append(_issue(volumes, f"arm_{decision.arm}",
-                             f"arm {decision.arm} from dose ({detail}; CTV {decision.ctv_name}, "
-                             f"mean {decision.ctv_mean_dose_gy} Gy): classes left empty"))
-    level_ctv = arm_mod.level_ctvs(ctvs, prescriptions, config) if prescriptions else {lvl: None for lvl in LEVELS}
-    if prescriptions:
-        for lvl in LEVELS:
-            if prescriptions[lvl] > 0 and level_ctv[lvl] is None:
-                issues.append(_issue(volumes, "ctv_missing",
-                                     f"no CTV matches {config.aliases.ctv_for_dose(prescriptions[lvl])} "
-                                     f"for the {lvl} level ({prescriptions[lvl]:g} Gy)"))
-
-    try:
-        uncertainty = patient_uncertainty_mm(volumes)
-    except PatientDataError as exc:
-        uncertainty = None
-        issues.append(exc.as_issue(volumes.patient_id, STAGE))
-
-    floor = min_radius_mm(dose)
-    if radius_mm < floor:
-        log.info("%s: radius %.2f mm raised to one voxel (%.2f mm)", volumes.patient_id, radius_mm, floor)
-    radius = max(float(radius_mm), floor)
-    sph = sphere(dose, centre, radius)
-    outside_dose = sph.n_outside_grid
-    if volumes.dose_support is not None:
-        outside_dose += int(np.count_nonzero(mask_array(sph.mask) & ~mask_array(volumes.dose_support)))
-    if outside_dose:
-        log.info("%s: %d of %d sphere voxels lie outside the dose grid (dose 0)",
-                 volumes.patient_id, outside_dose, sph.n_voxels)
-    c_dose, c_in_grid = cls.centroid_dose(dose, centre, volumes.dose_support)
-    if not c_in_grid:
-        issues.append(_issue(volumes, "centroid_outside_dose_grid",
-                             f"recurrence centroid {np.round(centre, 1).tolist()} mm lies outside the dose grid: dose 0"))
-
-    mohamed = cls.MohamedResult(None, "arm not resolved")
-    probs: dict[str, float | None] = {lvl: None for lvl in LEVELS}
-    if prescriptions:
-        masks = {lvl: (s.mask if s is not None else None) for lvl, s in level_ctv.items()}
-        mohamed = cls.mohamed_type(centre, c_dose, prescriptions, masks, frac)
-        if mohamed.type is None:
-            issues.append(_issue(volumes, "mohamed_undecided", mohamed.reason))
-        probs = probability_inside(dose, centre, sigma_mm, prescriptions, frac,
-                                   samples=config.probability.samples, seed=config.probability.seed)
-
-    rows = []
-    for lvl in LEVELS:
-        p = prescriptions[lvl] if prescriptions else None
-        present = None if p is None else p > 0
-        sf = cls.sphere_fraction(dose, sph, p, frac) if present else None
-        df = cls.dawson_fraction(dose, rec.mask, p, frac) if present else None
-        rows.append({
-            "patient_id": volumes.patient_id, "trial": config.trial, "level": lvl,
-            "prescription_gy": p, "level_present": present,
-            "arm": decision.arm, "arm_source": decision.arm_source, "arm_from_dose": decision.arm_from_dose,
-            "arm_mismatch": decision.arm_mismatch, "ctv_mean_dose_gy": decision.ctv_mean_dose_gy,
-            "uncertainty_mm": uncertainty, "radius_mm": radius, "radius_policy": config.uncertainty.policy,
-            "centroid_x_mm": float(centre[0]), "centroid_y_mm": float(centre[1]), "centroid_z_mm": float(centre[2]),
-            "centroid_dose_gy": c_dose, "centroid_in_dose_grid": c_in_grid,
-            "centroid_class": cls.centroid_class(c_dose, p, frac) if present else None,
-            "sphere_fraction": sf, "volume_class": cls.volume_class(sf, th.volume_inside_fraction),
-            "dawson_fraction": df, "dawson_class": cls.dawson_class(df, th),
-            "mohamed_type": mohamed.type, "probability_inside": probs.get(lvl) if present else None,
-            "ctv_name": level_ctv[lvl].name if level_ctv[lvl] is not None else None,
-            "sigma_mm": float(sigma_mm), "sphere_voxels_outside_dose_grid": outside_dose,
-            "mohamed_reason": mohamed.reason,
-        })
+    levels = arm_and_levels(volumes, config, covariate_arm, issues)
+    uncertainty = uncertainty_step(volumes, issues)
+    sph = sphere_step(volumes, centre, radius_mm)
+    c_dose, c_in_grid = centroid_step(volumes, centre, issues)
+    mohamed, probs = patient_schemes(volumes, config, levels, centre, c_dose, sigma_mm, issues)
+    rows = classification_rows(volumes, config, levels, centre=centre, c_dose=c_dose, c_in_grid=c_in_grid,
+                               rec_mask=rec.mask, sph=sph, uncertainty=uncertainty, sigma_mm=sigma_mm,
+                               mohamed=mohamed, probs=probs)
     classification = pl.DataFrame(rows, schema=CLASSIFICATION_SCHEMA)
-
-    stats = _dose_statistics(volumes, config, prescriptions, level_ctv, rec, sph)
+    stats = _dose_statistics(volumes, config, levels, rec, sph)
 
     written = None
     if figure_path is not None:
         ctx = OverlayContext(
-            patient_id=volumes.patient_id, arm=decision.arm, centroid_mm=tuple(float(v) for v in centre),
-            recurrence=rec.mask, sphere=sph.mask,
-            ctvs={lvl: s.mask for lvl, s in level_ctv.items() if s is not None},
-            prescriptions=prescriptions, isodose_fraction=frac,
+            patient_id=volumes.patient_id, arm=levels.decision.arm, centroid_mm=tuple(float(v) for v in centre),
+            recurrence=rec.mask, sphere=sph.sphere.mask,
+            ctvs={lvl: c.mask for lvl, c in levels.level_ctv.items() if c is not None},
+            prescriptions=levels.prescriptions, isodose_fraction=config.thresholds.isodose_fraction,
             class_summary=_class_summary(rows, mohamed.type),
             registered_relapse=registered_relapse,  # the overlay's relapse panel (None: three panels)
         )
@@ -217,17 +290,18 @@ def run_dosimetry(
     return DosimetryResult(dose_statistics=stats, classification=classification, figure_path=written, issues=issues)
 
 
-def _dose_statistics(volumes, config, prescriptions, level_ctv, rec, sph) -> pl.DataFrame:
-    """Long table: every planning CTV, every organ, the mapped rGTV and the sphere."""
+def _dose_statistics(volumes: PatientVolumes, config: TrialConfig, levels: ArmLevels, rec, sph: SphereStep) -> pl.DataFrame:
+    """Long table: every planning CTV, every organ, the mapped rGTV (voxels) and the sphere (sub-voxel samples)."""
     dose_arr = sitk.GetArrayViewFromImage(volumes.dose)
     vcc = voxel_volume_cc(volumes.dose)
     frac = config.thresholds.isodose_fraction
     bw = config.dose_statistics.bin_width_gy
-    level_of = {s.name: lvl for lvl, s in level_ctv.items() if s is not None}
+    prescriptions = levels.prescriptions
+    level_of = {c.name: lvl for lvl, c in levels.level_ctv.items() if c is not None}
     rows = []
 
-    def add(name: str, role: str, level: str | None, doses: np.ndarray) -> None:
-        stats = structure_statistics(doses, vcc, prescriptions, frac, bw)
+    def add(name: str, role: str, level: str | None, doses: np.ndarray, unit_cc: float = vcc) -> None:
+        stats = structure_statistics(doses, unit_cc, prescriptions, frac, bw)
         rows.append({"patient_id": volumes.patient_id, "structure": name, "role": role, "level": level, **stats})
 
     for s in volumes.find("ctv", "planning"):
@@ -235,9 +309,10 @@ def _dose_statistics(volumes, config, prescriptions, level_ctv, rec, sph) -> pl.
     for s in volumes.find("organ", "planning"):
         add(s.name, "organ", None, dose_arr[mask_array(s.mask)])
     add(rec.name, "recurrence", None, dose_arr[mask_array(rec.mask)])
-    # Sphere voxels beyond the grid edge count with dose 0, as in the volume class.
-    add("sphere", "sphere", None,
-        np.concatenate([dose_arr[mask_array(sph.mask)], np.zeros(sph.n_outside_grid, dtype=dose_arr.dtype)]))
+    # The sphere from its sub-voxel samples (each 1/N of 4/3 π r³, 0 Gy beyond the grid), so its
+    # V95 equals 100 × sphere_fraction and a sub-voxel sphere has statistics too.
+    smp = sph.samples
+    add("sphere", "sphere", None, smp.doses_gy, smp.volume_cc / smp.doses_gy.size)
     return pl.DataFrame(rows, schema=DOSE_STATISTICS_SCHEMA)
 
 

@@ -87,8 +87,7 @@ def _role_files(rows: pl.DataFrame, role: str, raw_root: Path | None) -> list[st
 
 
 def _ctv_patterns(config: TrialConfig) -> list[str]:
-    doses = sorted({p for levels in config.arms.values() for p in levels if p > 0}, reverse=True)
-    return [a for d in doses for a in config.aliases.ctv_for_dose(d)]
+    return config.ctv_patterns()  # dose-templated for every prescription + level names
 
 
 def planning_role(name: str, config: TrialConfig) -> tuple[str, str | None]:

@@ -1,6 +1,6 @@
 """What the imaging stage hands to the dosimetry stage: volumes and masks on one working grid.
 
-Everything lives on the planning image's working grid (DESIGN.md rule 3): the planning image, the
+Everything lives on the planning image's working grid (rule 3): the planning image, the
 dose resampled onto it, the planning structures rasterised onto it, and the relapse structures
 mapped into it through the registration. On disk this is a folder of NIfTI files plus an index
 (`volumes.json`), so the dosimetry stage can run in another process without redoing the imaging.

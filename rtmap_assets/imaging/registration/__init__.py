@@ -1,4 +1,4 @@
-"""Deformable registration relapse -> planning behind one interface (DESIGN.md rule 4).
+"""Deformable registration relapse -> planning behind one interface (rule 4).
 
 `register(fixed, moving, ...)` returns a `RegistrationResult` whose `transform` maps FIXED (planning)
 points to MOVING (relapse) points, like ITK and elastix, everywhere in space: inside the planning working
