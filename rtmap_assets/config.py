@@ -134,6 +134,17 @@ class DoseStatistics(_Strict):
     bin_width_gy: float = Field(0.01, gt=0)
 
 
+class Privacy(_Strict):
+    """Rule 17: what of the export's own naming may leave the bronze catalog.
+
+    PACS exports often name folders by study date or description (`12-05-1998-RT SIMULATION`). With
+    `hash_export_paths`, every table and message beyond the catalog names a file by a token
+    (`#` + 12 hex of the SHA-1 of its catalog path) that only the catalog can resolve.
+    """
+
+    hash_export_paths: bool = False
+
+
 class SubjectKey(_Strict):
     """Rule 17: where the trial subject ID (`patient_id` in every table) comes from.
 
@@ -187,6 +198,7 @@ class TrialConfig(_Strict):
     dose_statistics: DoseStatistics = DoseStatistics()
     subject_key: SubjectKey = SubjectKey()
     slice_geometry: SliceGeometry = SliceGeometry()
+    privacy: Privacy = Privacy()
 
     @field_validator("arms")
     @classmethod

@@ -17,7 +17,7 @@ from pathlib import Path
 import polars as pl
 
 EXEMPT_TOP = {"raw", "truth", "covariates"}
-BRONZE = {"dicom_files", "dicom_rejects"}
+BRONZE = {"dicom_files", "dicom_rejects", "stg_dicom_files", "stg_dicom_rejects"}  # the catalog and its own views
 
 
 def identifiers(raw_trial: Path) -> dict[str, set[str]]:

@@ -31,12 +31,14 @@ from rtmap_assets.defs.metadata import md_table
 from rtmap_assets.defs.partitions import patients_partitions
 from rtmap_assets.defs.resources import RtmapPaths, TrialSettings
 from rtmap_assets.dicom.manifest import complete_rows
+from rtmap_assets.dicom.path_tokens import redact, resolver
 from rtmap_assets.dosimetry.uncertainty import sphere_radius
 from rtmap_assets.errors import PatientDataError
 from rtmap_assets.figures.viewer import build_patient_viewer
 from rtmap_assets.lake import Lake
 from rtmap_assets.lake.contract import (
     COHORT_UNCERTAINTY,
+    DICOM_FILES,
     DOSE_STATISTICS,
     MAPPED_STRUCTURES,
     PATIENT_MANIFEST,
@@ -86,16 +88,28 @@ def dosimetry_version(imaging_data_version: str, config: TrialConfig, radius_mm:
                          covariate_arm or "-")
 
 
-def _fail(lake: Lake, pid: str, stage: str, err: Exception, context: dg.AssetExecutionContext) -> dg.Failure:
-    """Record the reason in pipeline_issues and the run log; the partition fails, the others go on."""
+def _fail(lake: Lake, pid: str, stage: str, err: Exception, context: dg.AssetExecutionContext, *,
+          redact_paths: list[str] | None = None) -> dg.Failure:
+    """Record the reason in pipeline_issues and the run log; the partition fails, the others go on.
+
+    `redact_paths` (rule 17, hashed export paths): catalog paths replaced by their tokens in the row."""
     if isinstance(err, PatientDataError):
         row = err.as_issue(pid, stage)
     else:
         row = {"code": "UNEXPECTED_ERROR", "message": f"{type(err).__name__}: {err}", "file": None}
         context.log.error(traceback.format_exc())
+    if redact_paths:
+        rel = {str(Path(p)) for p in redact_paths}
+        row = {**row, "message": redact(row["message"], rel), "file": redact(_catalog_relative(row.get("file"), lake), rel)}
     record_issues(lake, pid, stage, [row])
     context.log.error(f"{pid} [{row['code']}] {row['message']}")
     return dg.Failure(description=f"{pid}: [{row['code']}] {row['message']}", allow_retries=False)
+
+
+def _catalog_relative(file: str | None, lake: Lake) -> str | None:
+    """A reader's file path as the catalog names it (relative to the raw root, <data>/raw)."""
+    raw = str((lake.root.parent / "raw").resolve()) + "/"
+    return file[len(raw):] if file and file.startswith(raw) else file
 
 
 def _prune_versions(folder: Path, keep: Path) -> None:
@@ -129,18 +143,18 @@ def _issues_output(key: str, rows: int) -> dg.MaterializeResult:
 @dg.multi_asset(
     specs=[
         dg.AssetSpec(
-            REGISTRATION_QC.name, deps=[PATIENT_MANIFEST.name],
+            REGISTRATION_QC.name, deps=[PATIENT_MANIFEST.name, DICOM_FILES.name],
             description="Per patient: relapse→planning registration (engine, timings) and its quality: landmark "
             "centroid distance (the uncertainty), Jacobian minimum and folding, comparison-structure Dice/HD95.",
             group_name=SILVER, kinds={"parquet", "simpleitk"}, code_version=IMAGING_CODE_VERSION),
         dg.AssetSpec(
-            MAPPED_STRUCTURES.name, deps=[PATIENT_MANIFEST.name],
+            MAPPED_STRUCTURES.name, deps=[PATIENT_MANIFEST.name, DICOM_FILES.name],
             description="Per patient: structures on the planning working grid (planning CTVs, organs, landmark) and "
             "relapse structures mapped into planning space, with centroid (mm), volume (cc), matched alias and the "
             "NIfTI mask path (relative to the lake root).",
             group_name=SILVER, kinds={"parquet", "nifti"}, code_version=IMAGING_CODE_VERSION),
         dg.AssetSpec(
-            "imaging_issues", deps=[PATIENT_MANIFEST.name],
+            "imaging_issues", deps=[PATIENT_MANIFEST.name, DICOM_FILES.name],
             description="The imaging step's pipeline_issues rows for the patient (stage 'imaging').",
             group_name=SILVER, kinds={"parquet"}, code_version=IMAGING_CODE_VERSION),
     ],
@@ -161,6 +175,9 @@ def patient_registration(context: dg.AssetExecutionContext, paths: RtmapPaths, t
             context)
     fingerprint = rows["input_fingerprint"][0]
     version = imaging_version(fingerprint, config)
+    # rule 17: with hashed export paths the manifest names files by catalog tokens; only the catalog resolves them
+    patient_files = read_upstream(context, lake, DICOM_FILES, patient_id=pid, columns=["path"])["path"].to_list()
+    catalog_paths = resolver(patient_files) if config.privacy.hash_export_paths else None
 
     qc_old = lake.read(REGISTRATION_QC, patient_id=pid)
     if qc_old.height and qc_old["data_version"][0] == version and lake.absolute(qc_old["volumes_dir"][0]).exists():
@@ -169,7 +186,7 @@ def patient_registration(context: dg.AssetExecutionContext, paths: RtmapPaths, t
     else:
         out_dir = lake.patient_files(pid) / f"v-{version}-{context.run_id[:8]}"
         try:
-            result = run_imaging(rows, config, out_dir, raw_root=paths.raw_root)
+            result = run_imaging(rows, config, out_dir, raw_root=paths.raw_root, path_of=catalog_paths)
             truth = _load_truth(paths, config.trial, pid)
             if truth is not None:  # synthetic patient: TRE / recurrence Dice against the generator's truth
                 from rtmap_synth.evaluation import with_truth_metrics
@@ -177,7 +194,8 @@ def patient_registration(context: dg.AssetExecutionContext, paths: RtmapPaths, t
                 result.registration_qc = with_truth_metrics(result.registration_qc, out_dir, truth)
         except Exception as err:  # noqa: BLE001 - every failure becomes a pipeline_issues row
             shutil.rmtree(out_dir, ignore_errors=True)
-            raise _fail(lake, pid, "imaging", err, context) from err
+            raise _fail(lake, pid, "imaging", err, context,
+                        redact_paths=patient_files if config.privacy.hash_export_paths else None) from err
         provenance = [pl.lit(fingerprint).alias("input_fingerprint"), pl.lit(version).alias("data_version"),
                       pl.lit(lake.relative(out_dir)).alias("volumes_dir"), pl.lit(context.run_id).alias("run_id")]
         qc = _relative(result.registration_qc.with_columns(provenance),

@@ -19,6 +19,7 @@ own working grid (body box + 20 mm).
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,12 +76,14 @@ class ImagingResult:
     paths: dict[str, str] = field(default_factory=dict)
 
 
-def _role_files(rows: pl.DataFrame, role: str, raw_root: Path | None) -> list[str]:
+def _role_files(rows: pl.DataFrame, role: str, raw_root: Path | None,
+                path_of: Mapping[str, str] | None = None) -> list[str]:
+    """The role's files; catalog tokens (`privacy.hash_export_paths`) resolved through `path_of`."""
     sel = rows.filter(pl.col("role") == role)
     if sel.height != 1:
         raise PatientDataError("manifest_role", f"expected one manifest row with role {role!r}, found {sel.height}",
                                stage=STAGE)
-    files = list(sel["files"][0])
+    files = [(path_of or {}).get(f, f) for f in sel["files"][0]]
     if not files:
         raise PatientDataError("manifest_role", f"manifest role {role!r} lists no files", stage=STAGE)
     return [str(Path(raw_root) / f) if raw_root is not None and not Path(f).is_absolute() else f for f in files]
@@ -128,8 +131,10 @@ def _local_grid(contours: list[np.ndarray], spacing_mm: float, margin_mm: float)
 
 @restores_sitk_threads  # SimpleITK's global thread count = `threads` during the call, then restored
 def run_imaging(manifest_rows: pl.DataFrame, config: TrialConfig, out_dir: Path, *,
-                raw_root: Path | None = None, engine: str | None = None, threads: int | None = None) -> ImagingResult:
-    """The per-patient imaging step (see module docstring). `raw_root` resolves catalog-relative paths."""
+                raw_root: Path | None = None, engine: str | None = None, threads: int | None = None,
+                path_of: Mapping[str, str] | None = None) -> ImagingResult:
+    """The per-patient imaging step (see module docstring). `raw_root` resolves catalog-relative paths;
+    `path_of` resolves catalog tokens (token -> catalog path) when the manifest names files by token."""
     t_start = time.perf_counter()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -140,16 +145,16 @@ def run_imaging(manifest_rows: pl.DataFrame, config: TrialConfig, out_dir: Path,
 
     # ---- read
     t = time.perf_counter()
-    plan_ct = read_image_series(_role_files(manifest_rows, "planning_ct", raw_root), config.slice_geometry)
-    rel_files = _role_files(manifest_rows, "relapse_image", raw_root)
+    plan_ct = read_image_series(_role_files(manifest_rows, "planning_ct", raw_root, path_of), config.slice_geometry)
+    rel_files = _role_files(manifest_rows, "relapse_image", raw_root, path_of)
     relapse = read_image_series(rel_files, config.slice_geometry)
     rel_modality = str(manifest_rows.filter(pl.col("role") == "relapse_image")["modality"][0] or "CT")
-    plan_rs_file = _role_files(manifest_rows, "planning_rtstruct", raw_root)[0]
-    rel_rs_file = _role_files(manifest_rows, "relapse_rtstruct", raw_root)[0]
+    plan_rs_file = _role_files(manifest_rows, "planning_rtstruct", raw_root, path_of)[0]
+    rel_rs_file = _role_files(manifest_rows, "relapse_rtstruct", raw_root, path_of)[0]
     plan_rs = read_rtstruct(plan_rs_file)
     rel_rs = read_rtstruct(rel_rs_file)
     dose_rows = manifest_rows.filter(pl.col("role") == "planning_rtdose")
-    dose = read_plan_dose(_role_files(manifest_rows, "planning_rtdose", raw_root)) if dose_rows.height else None
+    dose = read_plan_dose(_role_files(manifest_rows, "planning_rtdose", raw_root, path_of)) if dose_rows.height else None
     read_s = time.perf_counter() - t
 
     # ---- working grids, planning structures
