@@ -115,7 +115,8 @@ def test_catalog_of_the_real_export(raw: Path):
 
 def test_manifest_says_one_ct_slice_is_not_a_planning_ct(raw: Path):
     config = load_trial_config()
-    config = config.model_copy(update={"aliases": Aliases(ctv=["*CTV*{dose}*", "Tumor Bed"])})
+    # the breast plan names its target "Tumor Bed": a level name, not a dose-templated one (rule 2)
+    config = config.model_copy(update={"aliases": Aliases(ctv=["*CTV*{dose}*"], ctv_by_level={"high": ["Tumor Bed"]})})
     manifest, issues = build_manifest(catalog_folder(raw / "DC").files, config)
     assert manifest.is_empty()
     issue = issues.row(0, named=True)
