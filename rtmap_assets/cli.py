@@ -254,10 +254,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
                             "high_probability_inside", "tre_mean_mm", "open_issues", "issue_codes"])
     print(f"""
 Outputs
-  lake (Parquet):     {lake.root}
+  lake (Delta tables): {lake.root}
   DuckDB (dbt):       {duck}   e.g. duckdb {duck} "select * from patient_summary"
   dashboard:          {lake.root / 'dashboards' / 'cohort_dashboard.html'}
-  overlays (PNG):     {lake.root / 'files'}/patient=<id>/<version>/overlay.png
+  overlays (PNG):     {lake.root / 'figures'}/patient=<id>/overlay.png
+  patient viewers:    {lake.root / 'dashboards' / 'viewers'}/<id>.html
   seed CSVs:          {lake.root / 'seed_csv'}
   log file:           {log_path}
   Dagster instance:   {os.environ['DAGSTER_HOME']}   (open the UI: rtmap ui)""")
