@@ -167,6 +167,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     from rtmap_assets.config import load_trial_config
     from rtmap_assets.definitions import defs as load_defs
+    from rtmap_assets.defs.automation import patients_to_run
     from rtmap_assets.defs.patient import HEAVY_POOL
     from rtmap_assets.housekeeping import reap_dead_runs, run_tags, wait_for_pool
     from rtmap_assets.dicom.manifest import complete_rows
@@ -218,21 +219,27 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     if reaped:
         print(f"      failed {len(reaped)} dead run(s) left by a killed process and freed their pool slots: "
               + ", ".join(f"{r.job_name}[{r.partition or '-'}] {r.run_id[:8]}" for r in reaped))
-    print(f"[3/4] per-patient runs ({len(ready)})")
+    # The sensor's own selection rule: patients whose files are new or changed since their stored registration.
+    _, changed = patients_to_run(lake)
+    to_run = ready if args.refresh else [p for p in ready if p in changed]
+    unchanged = len(ready) - len(to_run)
+    print(f"[3/4] per-patient runs ({len(to_run)})"
+          + (f"; {unchanged} unchanged since their last run (same files) not re-run: --refresh re-runs them, "
+             "and stages whose code and configuration are unchanged re-report" if unchanged else ""))
     job = defs.resolve_job_def("patient_job")
-    for i, pid in enumerate(ready, 1):
+    for i, pid in enumerate(to_run, 1):
         wait_for_pool(instance, HEAVY_POOL)
         t = time.perf_counter()
         result = job.execute_in_process(instance=instance, partition_key=pid, raise_on_error=False,
                                         run_config=quiet, tags=run_tags())
         took = f"in {time.perf_counter() - t:.1f} s"
         if result.success:
-            print(f"      [{i}/{len(ready)}] {pid}: ok {took}", flush=True)
+            print(f"      [{i}/{len(to_run)}] {pid}: ok {took}", flush=True)
             continue
         failed.append(pid)
         _log_run_errors(result, log_path)
         for line in _failure_lines(lake, pid):
-            print(f"      [{i}/{len(ready)}] {line} {took}", flush=True)
+            print(f"      [{i}/{len(to_run)}] {line} {took}", flush=True)
 
     print("[4/4] cohort: uncertainty, seed CSV, dbt models, dashboard")
     with open(log_path, "a") as fh, contextlib.redirect_stdout(fh):  # dbt's own console output goes to the log
@@ -320,6 +327,8 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--size", choices=["small", "clinical"], default="small")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--fresh", action="store_true", help="delete earlier raw data, lake and instance first")
+    demo.add_argument("--refresh", action="store_true",
+                      help="run every patient, not only new or changed ones (as the nightly full refresh does)")
     ui = sub.add_parser("ui", help="start the Dagster UI and daemon on 127.0.0.1")
     ui.add_argument("--data-dir", default=os.environ.get("RTMAP_DATA_DIR", "data"))
     ui.add_argument("--port", type=int, default=3000)

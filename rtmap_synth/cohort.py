@@ -239,7 +239,7 @@ def _noise(seed: int, stream: int, k0: int, shape, sigma: float) -> np.ndarray:
 EXPORT_CASES = ("standard", "level_names", "per_beam", "boost", "ffs", "hfp", "ffp", "jitter", "irregular", "gap")
 # Refusal code the pipeline must give a planning CT with a missing slice. The readers' slice-geometry
 # work names it; keep this constant in step with rtmap_assets' IssueCode.
-GAP_REFUSAL_CODE = "SERIES_SLICE_GAP"
+GAP_REFUSAL_CODE = "SERIES_GAP"  # rtmap_assets.issue_codes.IssueCode.SERIES_GAP (rule 15)
 # TG-263-style names by risk level, two spellings each (one spelling per patient).
 LEVEL_CTV_NAMES = {"high": ("CTV_High", "ctv_hr"), "intermediate": ("CTV_Mid", "ctv_ir"),
                    "low": ("CTV_Low", "ctv_lr")}

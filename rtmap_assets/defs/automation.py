@@ -18,7 +18,8 @@ import polars as pl
 import dagster as dg
 from rtmap_assets.defs.partitions import patients_partitions
 from rtmap_assets.defs.resources import RtmapPaths, TrialSettings
-from rtmap_assets.lake.contract import PATIENT_MANIFEST, REGISTRATION_QC, TableSpec
+from rtmap_assets.lake import Lake
+from rtmap_assets.lake.contract import PATIENT_MANIFEST, RECURRENCE_CLASSIFICATION, REGISTRATION_QC, TableSpec
 from rtmap_assets.dicom.manifest import complete_rows
 
 bronze_job = dg.define_asset_job(
@@ -64,18 +65,31 @@ def raw_folder_state(raw_trial_dir: Path) -> dict[str, str]:
     return state
 
 
-def _fingerprints(paths: RtmapPaths, spec: TableSpec) -> dict[str, str]:
+def stored_fingerprints(lake: Lake, spec: TableSpec) -> dict[str, str]:
     """patient_id → input_fingerprint as recorded in a lake table (manifest: current; registration_qc: done).
 
     Reads two columns only: the sensor never loads whole tables."""
     if spec.name == PATIENT_MANIFEST.name:  # only complete patients get partitions and runs
-        df = complete_rows(paths.lake.read(spec, columns=["patient_id", "input_fingerprint", "complete"]))
+        df = complete_rows(lake.read(spec, columns=["patient_id", "input_fingerprint", "complete"]))
     else:
-        df = paths.lake.read(spec, columns=["patient_id", "input_fingerprint"])
+        df = lake.read(spec, columns=["patient_id", "input_fingerprint"])
     if df.is_empty():
         return {}
     fp = df.group_by("patient_id").agg(pl.col("input_fingerprint").first())
     return dict(zip(fp["patient_id"].to_list(), fp["input_fingerprint"].to_list()))
+
+
+def patients_to_run(lake: Lake, seen: dict[str, str] | None = None) -> tuple[dict[str, str], list[str]]:
+    """The one selection rule of the sensor and `rtmap demo`: (every complete patient → its input
+    fingerprint, the patients to run). A patient runs when its fingerprint is new to the caller (`seen`)
+    and the lake does not already hold its registration from these very files and its classification
+    (a run killed between the two steps is run again)."""
+    current = stored_fingerprints(lake, PATIENT_MANIFEST)
+    registered = stored_fingerprints(lake, REGISTRATION_QC)
+    classified = set(lake.patients_with_rows(RECURRENCE_CLASSIFICATION))
+    seen = seen or {}
+    return current, [pid for pid, fp in sorted(current.items())
+                     if seen.get(pid) != fp and (registered.get(pid) != fp or pid not in classified)]
 
 
 @dg.sensor(
@@ -96,18 +110,12 @@ def raw_exports_sensor(context: dg.SensorEvaluationContext, paths: RtmapPaths, t
                                   tags={"rtmap/changed_exports": ",".join(changed)[:200]}))
         cursor["raw"] = raw
 
-    new_partitions: list[str] = []
     existing = set(context.instance.get_dynamic_partitions(patients_partitions.name))
-    registered = _fingerprints(paths, REGISTRATION_QC)
-    for pid, fingerprint in sorted(_fingerprints(paths, PATIENT_MANIFEST).items()):
-        if cursor["patients"].get(pid) == fingerprint:
-            continue
-        cursor["patients"][pid] = fingerprint
-        if pid not in existing:
-            new_partitions.append(pid)
-        if registered.get(pid) == fingerprint:
-            continue  # already in the lake from these very files (e.g. a fresh sensor cursor after `rtmap demo`)
-        runs.append(dg.RunRequest(run_key=f"{pid}:{fingerprint}", job_name=patient_job.name, partition_key=pid))
+    current, to_run = patients_to_run(paths.lake, seen=cursor["patients"])
+    new_partitions = [pid for pid in sorted(current) if pid not in existing]
+    cursor["patients"].update(current)
+    runs += [dg.RunRequest(run_key=f"{pid}:{current[pid]}", job_name=patient_job.name, partition_key=pid)
+             for pid in to_run]
 
     return dg.SensorResult(
         run_requests=runs,
