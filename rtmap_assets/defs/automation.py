@@ -30,13 +30,23 @@ bronze_job = dg.define_asset_job(
     executor_def=dg.in_process_executor,
 )
 
-# One process per patient: both steps run in the run's own process (a step subprocess costs seconds).
+def patient_executor() -> dg.ExecutorDefinition:
+    """In process on one machine (a step subprocess costs seconds); Celery workers when the deployment
+    says so (RTMAP_EXECUTOR=celery, docs/SCALE.md): then each patient's steps go to the shared queue."""
+    if os.environ.get("RTMAP_EXECUTOR") == "celery":
+        from rtmap_assets.deploy.celery_profile import celery_executor_def
+
+        return celery_executor_def()
+    return dg.in_process_executor
+
+
+# One run per patient.
 patient_job = dg.define_asset_job(
     "patient_job",
     selection=dg.AssetSelection.groups("patient_silver", "patient_gold"),
     partitions_def=patients_partitions,
     description="Everything for one patient: registration, mapped structures, dose statistics, classification.",
-    executor_def=dg.in_process_executor,
+    executor_def=patient_executor(),
 )
 
 cohort_job = dg.define_asset_job(
