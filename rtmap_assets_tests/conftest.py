@@ -32,3 +32,14 @@ def data_dir(tmp_path, small_cohort_2) -> Path:
     dst = tmp_path / "data"
     shutil.copytree(small_cohort_2, dst, symlinks=False)
     return dst
+
+
+def load_script(name: str):
+    """A module of the repository's scripts/ folder (they are run as files, not installed)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

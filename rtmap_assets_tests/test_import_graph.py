@@ -1,17 +1,11 @@
 """The package's import graph keeps its rule: domain folders never import the orchestration (defs, cli)
 nor the synthetic generator (scripts/import_graph.py)."""
 
-import importlib.util
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import load_script
 
 
 def _graph():
-    spec = importlib.util.spec_from_file_location("import_graph", ROOT / "scripts" / "import_graph.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("import_graph")
 
 
 def test_domain_folders_import_neither_orchestration_nor_synthetic_data():

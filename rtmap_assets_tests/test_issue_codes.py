@@ -4,9 +4,9 @@ none is built at run time from pieces, and docs/ISSUE_CODES.md lists them all.""
 from __future__ import annotations
 
 import ast
-import importlib.util
 from pathlib import Path
 
+from conftest import load_script
 from rtmap_assets.issue_codes import MEANINGS, IssueCode
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,9 +57,7 @@ def test_every_code_in_the_package_is_listed_with_a_meaning():
 
 
 def test_issue_codes_doc_is_current():
-    spec = importlib.util.spec_from_file_location("issue_codes_doc", ROOT / "scripts" / "issue_codes_doc.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_script("issue_codes_doc")
     assert (ROOT / "docs" / "ISSUE_CODES.md").read_text() == mod.issue_codes_markdown()
 
 

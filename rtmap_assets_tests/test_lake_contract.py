@@ -3,13 +3,13 @@ types, and a table written through `Lake` reads back in DuckDB with those types.
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import duckdb
 import polars as pl
 import yaml
 
+from conftest import load_script
 from rtmap_assets.lake import Lake
 from rtmap_assets.lake.contract import TABLES
 
@@ -17,10 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("dbt_sources", ROOT / "scripts" / "dbt_sources.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("dbt_sources")
 
 
 def test_dbt_sources_are_generated_from_the_contract():

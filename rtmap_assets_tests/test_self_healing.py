@@ -97,12 +97,9 @@ def test_sigkill_during_patient_run_then_plain_demo_completes(tmp_path):
         assert not instance.event_log_storage.get_concurrency_info("rtmap_patient_heavy").active_run_ids
 
     # rule 17 on the whole folder the demo left: no name, birth date or study date outside bronze
-    import importlib.util
+    from conftest import load_script
 
-    spec = importlib.util.spec_from_file_location("privacy_scan", Path(__file__).resolve().parents[1] / "scripts"
-                                                  / "privacy_scan.py")
-    privacy_scan = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(privacy_scan)
+    privacy_scan = load_script("privacy_scan")
     identifiers, scan = privacy_scan.identifiers, privacy_scan.scan
 
     wanted = identifiers(data / "raw" / "SYNTH-HN")

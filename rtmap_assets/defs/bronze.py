@@ -22,14 +22,14 @@ BRONZE = "bronze"
             "dates, FrameOfReference, referenced series/FoR, structure names, path, size. Header-only; no "
             "identifying tags beyond the trial subject ID.",
             group_name=BRONZE,
-            kinds={"parquet", "dicom"},
+            kinds={"deltalake", "dicom"},
         ),
         dg.AssetSpec(
             DICOM_REJECTS.name,
             description="Files under the raw folder that are not usable DICOM (junk, corrupt, duplicate "
             "SOPInstanceUID), each with the reason.",
             group_name=BRONZE,
-            kinds={"parquet"},
+            kinds={"deltalake"},
         ),
     ],
     can_subset=False,
@@ -79,11 +79,11 @@ def dicom_catalog(context: dg.AssetExecutionContext, paths: RtmapPaths, trial: T
             PATIENT_MANIFEST.name, deps=[DICOM_FILES.name, DICOM_REJECTS.name],
             description="Roles per patient (planning CT / RTSTRUCT / RTDOSE, relapse image / RTSTRUCT) with the reason "
             "for each choice (rule 1). Missing or ambiguous roles become pipeline_issues rows, never a guess.",
-            group_name=BRONZE, kinds={"parquet"}),
+            group_name=BRONZE, kinds={"deltalake"}),
         dg.AssetSpec(
             "manifest_issues", deps=[DICOM_FILES.name, DICOM_REJECTS.name],
             description="The manifest's pipeline_issues rows (stage 'manifest'): why a patient has no complete set "
-            "of roles.", group_name=BRONZE, kinds={"parquet"}),
+            "of roles.", group_name=BRONZE, kinds={"deltalake"}),
     ],
     can_subset=False,
 )
@@ -127,5 +127,5 @@ pipeline_issues = dg.AssetSpec(
     description="Why a patient or file did not make it through a stage (patient, stage, code, message, file): the "
     "union of the manifest, imaging and dosimetry steps' issue rows, each replaced per patient and stage.",
     group_name=BRONZE,
-    kinds={"parquet"},
+    kinds={"deltalake"},
 )

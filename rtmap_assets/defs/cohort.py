@@ -28,7 +28,7 @@ COHORT_AUTOMATION = dg.AutomationCondition.eager().without(~dg.AutomationConditi
     description="Trial covariates (data/covariates/<trial>.csv) validated and stored as Parquet: arm, site, stage, "
     "age band, … — only whitelisted, non-identifying columns enter the lake.",
     group_name=COHORT,
-    kinds={"parquet", "csv"},
+    kinds={"deltalake", "csv"},
 )
 def trial_covariates(context: dg.AssetExecutionContext, paths: RtmapPaths, trial: TrialSettings) -> dg.MaterializeResult:
     df, dropped = read_covariates(paths.covariates_dir / f"{trial.config.trial}.csv")
@@ -52,7 +52,7 @@ def landmark_distances(qc: pl.DataFrame) -> pl.DataFrame:
     description="Cohort view of registration uncertainty: every patient's landmark distance and, for the "
     "'cohort' radius policy, the percentile radius all classifications use (rule 5).",
     group_name=COHORT,
-    kinds={"parquet"},
+    kinds={"deltalake"},
     automation_condition=COHORT_AUTOMATION,
 )
 def cohort_uncertainty(context: dg.AssetExecutionContext, paths: RtmapPaths, trial: TrialSettings) -> dg.MaterializeResult:

@@ -146,17 +146,17 @@ def _issues_output(key: str, rows: int) -> dg.MaterializeResult:
             REGISTRATION_QC.name, deps=[PATIENT_MANIFEST.name, DICOM_FILES.name],
             description="Per patient: relapse→planning registration (engine, timings) and its quality: landmark "
             "centroid distance (the uncertainty), Jacobian minimum and folding, comparison-structure Dice/HD95.",
-            group_name=SILVER, kinds={"parquet", "simpleitk"}, code_version=IMAGING_CODE_VERSION),
+            group_name=SILVER, kinds={"deltalake", "simpleitk"}, code_version=IMAGING_CODE_VERSION),
         dg.AssetSpec(
             MAPPED_STRUCTURES.name, deps=[PATIENT_MANIFEST.name, DICOM_FILES.name],
             description="Per patient: structures on the planning working grid (planning CTVs, organs, landmark) and "
             "relapse structures mapped into planning space, with centroid (mm), volume (cc), matched alias and the "
             "NIfTI mask path (relative to the lake root).",
-            group_name=SILVER, kinds={"parquet", "nifti"}, code_version=IMAGING_CODE_VERSION),
+            group_name=SILVER, kinds={"deltalake", "nifti"}, code_version=IMAGING_CODE_VERSION),
         dg.AssetSpec(
             "imaging_issues", deps=[PATIENT_MANIFEST.name, DICOM_FILES.name],
             description="The imaging step's pipeline_issues rows for the patient (stage 'imaging').",
-            group_name=SILVER, kinds={"parquet"}, code_version=IMAGING_CODE_VERSION),
+            group_name=SILVER, kinds={"deltalake"}, code_version=IMAGING_CODE_VERSION),
     ],
     check_specs=REGISTRATION_CHECKS,
     partitions_def=patients_partitions,
@@ -250,50 +250,33 @@ def _radius_inputs(context, lake: Lake, config: TrialConfig, pid: str) -> tuple[
     return distance, cohort
 
 
+def _gold(key: str, description: str, kinds: set[str]) -> dg.AssetSpec:
+    """An output of the classification step: everything it reads, automated like the classification."""
+    return dg.AssetSpec(
+        key, deps=[REGISTRATION_QC.name, MAPPED_STRUCTURES.name, COHORT_UNCERTAINTY.name, TRIAL_COVARIATES.name],
+        description=description, group_name=GOLD, kinds=kinds, code_version=DOSIMETRY_CODE_VERSION,
+        automation_condition=RECLASSIFY_ON_COHORT_CHANGE)
+
+
 @dg.multi_asset(
     specs=[
-        dg.AssetSpec(
-            RECURRENCE_CLASSIFICATION.name,
-            deps=[REGISTRATION_QC.name, MAPPED_STRUCTURES.name, COHORT_UNCERTAINTY.name, TRIAL_COVARIATES.name],
-            description="One row per patient × prescription level: trial arm (and where it came from), uncertainty "
-            "and sphere radius, centroid dose, seed centroid and volume classes, Dawson fraction/class, Mohamed "
-            "type and the probability of being inside the 95 % isodose.",
-            group_name=GOLD, kinds={"parquet"}, code_version=DOSIMETRY_CODE_VERSION,
-            automation_condition=RECLASSIFY_ON_COHORT_CHANGE),
-        dg.AssetSpec(
-            DOSE_STATISTICS.name,
-            deps=[REGISTRATION_QC.name, MAPPED_STRUCTURES.name, COHORT_UNCERTAINTY.name, TRIAL_COVARIATES.name],
-            description="Per structure (CTVs, organs, mapped recurrence, sphere): volume, mean/min/max, D98/D95/D50/D2 "
-            "and V95 % of each level. Conventions in docs/DOSIMETRY.md.",
-            group_name=GOLD, kinds={"parquet"}, code_version=DOSIMETRY_CODE_VERSION,
-            automation_condition=RECLASSIFY_ON_COHORT_CHANGE),
-        dg.AssetSpec(
-            "patient_overlay",
-            deps=[REGISTRATION_QC.name, MAPPED_STRUCTURES.name, COHORT_UNCERTAINTY.name, TRIAL_COVARIATES.name],
-            description="Overlay PNG (axial/coronal/sagittal through the mapped recurrence centroid: CT, dose, CTVs, "
-            "isodoses, mapped recurrence, sphere) under lake/figures/patient=<id>/.",
-            group_name=GOLD, kinds={"png"}, code_version=DOSIMETRY_CODE_VERSION,
-            automation_condition=RECLASSIFY_ON_COHORT_CHANGE),
-        dg.AssetSpec(
-            "patient_viewer",
-            deps=[REGISTRATION_QC.name, MAPPED_STRUCTURES.name, COHORT_UNCERTAINTY.name, TRIAL_COVARIATES.name],
-            description="Self-contained, offline plotly HTML viewer (lake/dashboards/viewers/<id>.html): slice sliders "
-            "in three orientations, CT, dose wash, CTVs, isodoses, mapped recurrence, sphere, centroid, the registered "
-            "relapse image, and every class with its code explained.",
-            group_name=GOLD, kinds={"plotly", "html"}, code_version=DOSIMETRY_CODE_VERSION,
-            automation_condition=RECLASSIFY_ON_COHORT_CHANGE),
-        dg.AssetSpec(
-            "patient_seed_csv",
-            deps=[REGISTRATION_QC.name, MAPPED_STRUCTURES.name, COHORT_UNCERTAINTY.name, TRIAL_COVARIATES.name],
-            description="The seed workflow's per-patient CSV, <patient>_classifications.csv.",
-            group_name=GOLD, kinds={"csv"}, code_version=DOSIMETRY_CODE_VERSION,
-            automation_condition=RECLASSIFY_ON_COHORT_CHANGE),
-        dg.AssetSpec(
-            "dosimetry_issues",
-            deps=[REGISTRATION_QC.name, MAPPED_STRUCTURES.name, COHORT_UNCERTAINTY.name, TRIAL_COVARIATES.name],
-            description="The dosimetry step's pipeline_issues rows for the patient (stage 'dosimetry').",
-            group_name=GOLD, kinds={"parquet"}, code_version=DOSIMETRY_CODE_VERSION,
-            automation_condition=RECLASSIFY_ON_COHORT_CHANGE),
+        _gold(RECURRENCE_CLASSIFICATION.name,
+              "One row per patient × prescription level: trial arm (and where it came from), uncertainty and sphere "
+              "radius, centroid dose, seed centroid and volume classes, Dawson fraction/class, Mohamed type and the "
+              "probability of being inside the 95 % isodose.", {"deltalake"}),
+        _gold(DOSE_STATISTICS.name,
+              "Per structure (CTVs, organs, mapped recurrence, sphere): volume, mean/min/max, D98/D95/D50/D2 and "
+              "V95 % of each level. Conventions in docs/DOSIMETRY.md.", {"deltalake"}),
+        _gold("patient_overlay",
+              "Overlay PNG (axial/coronal/sagittal through the mapped recurrence centroid: CT, dose, CTVs, isodoses, "
+              "mapped recurrence, sphere, registered relapse) under lake/figures/patient=<id>/.", {"png"}),
+        _gold("patient_viewer",
+              "Self-contained, offline plotly HTML viewer (lake/dashboards/viewers/<id>.html): slice sliders in three "
+              "orientations, CT, dose wash, CTVs, isodoses, mapped recurrence, sphere, centroid, the registered "
+              "relapse image, and every class with its code explained.", {"plotly", "html"}),
+        _gold("patient_seed_csv", "The seed workflow's per-patient CSV, <patient>_classifications.csv.", {"csv"}),
+        _gold("dosimetry_issues", "The dosimetry step's pipeline_issues rows for the patient (stage 'dosimetry').",
+              {"deltalake"}),
     ],
     check_specs=CLASSIFICATION_CHECKS,
     partitions_def=patients_partitions,
