@@ -43,6 +43,14 @@ def overlap_metrics(a: sitk.Image, b: sitk.Image) -> dict[str, float | None]:
     dice = 2.0 * float(np.logical_and(aa, bb).sum()) / (na + nb)
     if na == 0 or nb == 0:
         return {"dice": dice, "hd95_mm": None, "msd_mm": None}
+    # Distance maps on the two masks' joint bounding box + 2 voxels rather than the whole working grid:
+    # every surface voxel of both masks is inside it and no mask touches its edge, so the distances are the
+    # same (exact Euclidean distance transform) at a fraction of the cost for organ-sized structures.
+    kji = np.argwhere(aa | bb)
+    lo = np.maximum(kji.min(axis=0) - 2, 0)[::-1]
+    hi = np.minimum(kji.max(axis=0) + 3, aa.shape)[::-1]
+    a = sitk.RegionOfInterest(a, [int(v) for v in hi - lo], [int(v) for v in lo])
+    b = sitk.RegionOfInterest(b, [int(v) for v in hi - lo], [int(v) for v in lo])
     dab = _surface_distances(a, b)
     dba = _surface_distances(b, a)
     both = np.concatenate([dab, dba])

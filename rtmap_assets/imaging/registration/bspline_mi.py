@@ -53,16 +53,9 @@ def _itk_upper_edge_inside(c: np.ndarray, size: np.ndarray) -> np.ndarray:
     return np.where(near, (edge.view(np.int64) - 6).view(np.float64), c)
 
 
-def bspline_weight_matrix(bspline: sitk.BSplineTransform, points: np.ndarray):
-    """Sparse (N, nodes) matrix A with displacement u(points) = A @ coefficients (nodes, 3).
-
-    Reproduces ITK's cubic BSplineTransform evaluation (support start = floor(c - 1), weights
-    B3(c - node)) so the optimised coefficients can be handed back to SimpleITK unchanged.
-    Points outside the transform's valid region get an empty row (ITK leaves them unmoved); a point on
-    its upper edge is moved inside as ITK does.
-    """
-    from scipy import sparse
-
+def _support_weights(bspline: sitk.BSplineTransform, points: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """(flat node indices (N, 4, 4, 4), weights (N, 4, 4, 4), node count) of ITK's cubic BSplineTransform
+    evaluation at `points` (see `bspline_weight_matrix`); points outside the valid region get weight 0."""
     coeff = bspline.GetCoefficientImages()[0]
     size = np.asarray(coeff.GetSize())
     origin = np.asarray(coeff.GetOrigin())
@@ -83,10 +76,28 @@ def bspline_weight_matrix(bspline: sitk.BSplineTransform, points: np.ndarray):
     flat = (iz[:, :, None, None] * size[1] + iy[:, None, :, None]) * size[0] + ix[:, None, None, :]
     weights = w[2][:, :, None, None] * w[1][:, None, :, None] * w[0][:, None, None, :]
     weights = np.where(valid[:, None, None, None], weights, 0.0)
+    n_nodes = int(np.prod(size))
+    return np.clip(flat, 0, n_nodes - 1), weights, n_nodes
+
+
+def bspline_weight_matrix(bspline: sitk.BSplineTransform, points: np.ndarray):
+    """Sparse (N, nodes) matrix A with displacement u(points) = A @ coefficients (nodes, 3).
+
+    Reproduces ITK's cubic BSplineTransform evaluation (support start = floor(c - 1), weights
+    B3(c - node)) so the optimised coefficients can be handed back to SimpleITK unchanged.
+    Points outside the transform's valid region get an empty row (ITK leaves them unmoved); a point on
+    its upper edge is moved inside as ITK does.
+    """
+    from scipy import sparse
+
+    flat, weights, n_nodes = _support_weights(bspline, points)
     n = len(points)
-    flat = np.clip(flat, 0, int(np.prod(size)) - 1)
-    rows = np.repeat(np.arange(n), 64)
-    return sparse.csr_matrix((weights.reshape(-1), (rows, flat.reshape(-1))), shape=(n, int(np.prod(size))))
+    # Built as CSR directly (64 entries per row, in the order COO -> CSR would give them): the same matrix
+    # without the COO conversion; sum_duplicates merges the clipped entries of rows outside the valid region.
+    a = sparse.csr_matrix((weights.reshape(-1), flat.reshape(-1), np.arange(0, 64 * n + 1, 64)), shape=(n, n_nodes))
+    a.sum_duplicates()
+    return a
+
 
 
 def laplacian_matrix(size: np.ndarray):
@@ -133,16 +144,15 @@ class MovingSampler:
         c = np.clip(c, 0, self.shape - 1.000001)
         i0 = np.floor(c).astype(np.int64)
         f = (c - i0).astype(np.float32)
+        g = 1 - f
         nx, ny = int(self.shape[0]), int(self.shape[1])
         base = (i0[:, 2] * ny + i0[:, 1]) * nx + i0[:, 0]
-        out = np.zeros((len(pts), 4), dtype=np.float32)
-        for dz in (0, 1):
-            wz = f[:, 2] if dz else 1 - f[:, 2]
-            for dy in (0, 1):
-                wy = f[:, 1] if dy else 1 - f[:, 1]
-                for dx in (0, 1):
-                    wx = f[:, 0] if dx else 1 - f[:, 0]
-                    out += (wz * wy * wx)[:, None] * self.stack[base + (dz * ny + dy) * nx + dx]
+        corners = np.array([(dz * ny + dy) * nx + dx for dz in (0, 1) for dy in (0, 1) for dx in (0, 1)])
+        wz, wy, wx = (np.stack([g[:, d], f[:, d]], axis=1) for d in (2, 1, 0))
+        w = (wz[:, :, None, None] * wy[:, None, :, None] * wx[:, None, None, :]).reshape(-1, 8)
+        # One gather of the 8 corners (N, 8, 4) and one contraction: 2.5x faster than 8 separate gathers
+        # when the points come in memory order (the objective sorts its samples).
+        out = np.einsum("nk,nkc->nc", w, self.stack[base[:, None] + corners[None]])
         grad = out[:, 1:].astype(np.float64) @ self.direction.T
         return out[:, 0].astype(np.float64), grad, inside
 
@@ -275,13 +285,19 @@ def bspline_mi_objective(fixed: sitk.Image, moving: sitk.Image, rigid: sitk.Eule
     idx = np.stack([i, j, k], 1).astype(float) + rng.uniform(-0.5, 0.5, (len(pick), 3))
     pts = np.asarray(fixed.GetOrigin()) + (idx * np.asarray(fixed.GetSpacing())) @ np.asarray(
         fixed.GetDirection()).reshape(3, 3).T
-    amat = bspline_weight_matrix(bspline, pts)
-    start = (pts + amat @ params.reshape(3, n_nodes).T - centre) @ a_mat.T + centre + trans
+    # From zero coefficients (the first level) u = 0 and the weight matrix is built for the kept samples only.
+    amat = bspline_weight_matrix(bspline, pts) if np.any(params) else None
+    u = amat @ params.reshape(3, n_nodes).T if amat is not None else 0.0
+    start = (pts + u - centre) @ a_mat.T + centre + trans
     keep = np.flatnonzero(inside_with_margin(start, moving, moving_margin_mm))
     if len(keep) < min(n_samples, len(pick)) // 4:  # tiny overlap: better a biased metric than none
         keep = np.arange(len(pick))
     keep = keep[:n_samples]
-    idx, pts, amat = idx[keep], pts[keep], amat[keep]
+    # Samples in voxel (memory) order: the moving-image gathers and the sparse products then walk memory
+    # nearly sequentially (value_and_grad ~2x faster than in random order; same sample set).
+    keep = keep[np.argsort(pick[keep], kind="stable")]
+    idx, pts = idx[keep], pts[keep]
+    amat = amat[keep] if amat is not None else bspline_weight_matrix(bspline, pts)
     fvals = ndimage.map_coordinates(f_level, idx[:, ::-1].T, order=1, mode="nearest")
     amat_t = amat.T.tocsr()
     flo, fhi = np.percentile(fvals, [0.5, 99.5])
