@@ -138,11 +138,12 @@ class Privacy(_Strict):
     """Rule 17: what of the export's own naming may leave the bronze catalog.
 
     PACS exports often name folders by study date or description (`12-05-1998-RT SIMULATION`). With
-    `hash_export_paths`, every table and message beyond the catalog names a file by a token
-    (`#` + 12 hex of the SHA-1 of its catalog path) that only the catalog can resolve.
+    `hash_export_paths` (the default), every table and message beyond the catalog names a file by a
+    token (`#` + 12 hex of the SHA-1 of its catalog path) that only the catalog (`dicom_files.path`)
+    resolves. Set it to false where export paths are known to carry no identifier, for readable paths.
     """
 
-    hash_export_paths: bool = False
+    hash_export_paths: bool = True
 
 
 class SubjectKey(_Strict):

@@ -103,14 +103,17 @@ def test_the_five_queries_run_as_written_and_answer(warehouse):
     # 3. exactly the patient over the QC limit
     assert r3["patient_id"].to_list() == qc.filter(pl.col("landmark_distance_mm") > limit)["patient_id"].to_list()
     assert len(r3) == 1
-    # 4. one row per classified patient, the radius of the policy in use (fixed 5 mm) and the own distance
+    # 4. one row per classified patient: the class with the fixed 5 mm sphere (= the class in use under the
+    # fixed policy) and with the patient's own distance as the radius (no floor: sub-voxel sampling)
     assert sorted(r4["patient_id"]) == sorted(high["patient_id"])
-    assert set(r4["radius_policy"]) == {"fixed"} and set(r4["radius_mm"]) == {5.0}
+    assert set(r4["radius_policy"]) == {"fixed"} and set(r4["fixed_radius_mm"]) == {5.0}
     for row in r4.iter_rows(named=True):
+        mine = high.filter(pl.col("patient_id") == row["patient_id"]).row(0, named=True)
         d = qc.filter(pl.col("patient_id") == row["patient_id"])["landmark_distance_mm"][0]
-        assert row["uncertainty_mm"] == pytest.approx(d, abs=1e-3)
-        assert row["patient_policy_radius_mm"] == pytest.approx(max(d, 2.0), abs=1e-3)
-        assert row["radius_change_mm"] == pytest.approx(max(d, 2.0) - 5.0, abs=2e-3)
+        assert row["patient_radius_mm"] == pytest.approx(d, abs=1e-3)
+        assert row["high_fixed_radius_volume_class"] == mine["volume_class"]
+        assert row["high_patient_radius_volume_class"] == mine["patient_radius_volume_class"]
+        assert row["class_changes"] == (mine["volume_class"] != mine["patient_radius_volume_class"])
     # 5. Mohamed types per arm
     assert sorted(zip(r5["arm"], r5["mohamed_type"])) == sorted(high.select("arm", "mohamed_type").iter_rows())
     assert set(r5["pct_of_arm"]) == {100.0}

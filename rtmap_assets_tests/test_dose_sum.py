@@ -9,6 +9,7 @@ import polars as pl
 import pytest
 import SimpleITK as sitk
 
+from conftest import readable_paths
 from rtmap_assets.config import load_trial_config
 from rtmap_assets.dicom.catalog import catalog_folder
 from rtmap_assets.dicom.dose_sum import DosePart, read_plan_dose, select_plan_doses
@@ -20,7 +21,7 @@ try:
 except ImportError:  # rootdir-less import mode
     from dicom_factory import uid, write_patient, write_rtdose
 
-CONFIG = load_trial_config()
+CONFIG = readable_paths(load_trial_config())  # the manifest's choices, checked by path
 SCALING = 1e-3  # Gy per stored unit: storage rounds each part to +-0.0005 Gy
 
 

@@ -10,6 +10,7 @@ import numpy as np
 import polars as pl
 import pytest
 
+from conftest import readable_paths
 from rtmap_assets.config import load_trial_config
 from rtmap_assets.errors import PatientDataError
 from rtmap_assets.dicom.catalog import catalog_folder
@@ -29,7 +30,7 @@ try:
 except ImportError:  # rootdir-less import mode
     from dicom_factory import uid, write_image_series, write_patient, write_rtdose, write_rtstruct
 
-CONFIG = load_trial_config()
+CONFIG = readable_paths(load_trial_config())  # the manifest's choices, checked by path
 
 
 def _manifest(trial: Path) -> tuple[pl.DataFrame, pl.DataFrame]:

@@ -6,6 +6,7 @@ import dagster as dg
 from rtmap_assets.dicom.catalog import catalog_folder, subject_issues
 from rtmap_assets.dicom.manifest import ISSUES_SCHEMA, build_manifest, complete_rows
 from rtmap_assets.defs.lake_io import read_upstream
+from rtmap_assets.dicom.path_tokens import redact
 from rtmap_assets.defs.metadata import md_table
 from rtmap_assets.defs.resources import RtmapPaths, TrialSettings
 from rtmap_assets.lake.contract import DICOM_FILES, DICOM_REJECTS, PATIENT_MANIFEST, PIPELINE_ISSUES
@@ -92,7 +93,11 @@ def patient_manifest(context: dg.AssetExecutionContext, paths: RtmapPaths, trial
     files = read_upstream(context, lake, DICOM_FILES)
     manifest, issues = build_manifest(files, trial.config)
     # rule 17: files refused for their PatientID are an issue on the subject (named by hash only)
-    rule17 = subject_issues(read_upstream(context, lake, DICOM_REJECTS))
+    rejects = read_upstream(context, lake, DICOM_REJECTS)
+    rule17 = subject_issues(rejects)
+    if trial.config.privacy.hash_export_paths:  # the rejected file by its catalog token (dicom_rejects.path)
+        known = rejects["path"].to_list()
+        rule17 = [{**r, "file": redact(r["file"], known), "message": redact(r["message"], known)} for r in rule17]
     if rule17:
         issues = pl.concat([issues, pl.DataFrame([{**r, "stage": "manifest"} for r in rule17], schema=ISSUES_SCHEMA)])
     out = lake.replace_all(PATIENT_MANIFEST, manifest)

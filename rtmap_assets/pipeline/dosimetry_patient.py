@@ -52,6 +52,11 @@ CLASSIFICATION_SCHEMA: dict[str, pl.DataType] = {
     "mohamed_reason": pl.String,
     "ctv_alias": pl.String,  # the alias that matched the level's CTV (a level name or a dose-templated name)
     "sphere_outside_dose_fraction": pl.Float64,  # share of the sphere's sub-voxel samples beyond the dose grid
+    # rule 10 under the fixed and the patient radius side by side, whatever policy is in use (the statistician's
+    # "fixed vs patient radius" question); null where the patient's uncertainty is unknown
+    "fixed_radius_mm": pl.Float64, "fixed_radius_sphere_fraction": pl.Float64, "fixed_radius_volume_class": pl.Int32,
+    "patient_radius_mm": pl.Float64, "patient_radius_sphere_fraction": pl.Float64,
+    "patient_radius_volume_class": pl.Int32,
 }
 DOSE_STATISTICS_SCHEMA: dict[str, pl.DataType] = {
     "patient_id": pl.String, "structure": pl.String, "role": pl.String, "level": pl.String,
@@ -214,7 +219,7 @@ def patient_schemes(volumes: PatientVolumes, config: TrialConfig, levels: ArmLev
 def classification_rows(volumes: PatientVolumes, config: TrialConfig, levels: ArmLevels, *, centre: np.ndarray,
                         c_dose: float, c_in_grid: bool, rec_mask: sitk.Image, sph: SphereStep,
                         uncertainty: float | None, sigma_mm: float, mohamed: cls.MohamedResult,
-                        probs: dict[str, float | None]) -> list[dict]:
+                        probs: dict[str, float | None], alternatives: dict[str, SphereStep | None]) -> list[dict]:
     """Rules 9–11 per level, beside the per-patient answers: one `recurrence_classification` row per level."""
     th = config.thresholds
     frac = th.isodose_fraction
@@ -225,6 +230,12 @@ def classification_rows(volumes: PatientVolumes, config: TrialConfig, levels: Ar
         present = None if p is None else p > 0
         sf = cls.sphere_fraction(sph.samples, None, p, frac) if present else None
         df = cls.dawson_fraction(volumes.dose, rec_mask, p, frac) if present else None
+        alt: dict[str, object] = {}
+        for policy, step in alternatives.items():  # the volume class under the fixed and the patient radius
+            f = cls.sphere_fraction(step.samples, None, p, frac) if present and step is not None else None
+            alt |= {f"{policy}_radius_mm": step.sphere.radius_mm if step is not None else None,
+                    f"{policy}_radius_sphere_fraction": f,
+                    f"{policy}_radius_volume_class": cls.volume_class(f, th.volume_inside_fraction)}
         c = levels.level_ctv[lvl]
         rows.append({
             "patient_id": volumes.patient_id, "trial": config.trial, "level": lvl,
@@ -243,6 +254,7 @@ def classification_rows(volumes: PatientVolumes, config: TrialConfig, levels: Ar
             "mohamed_reason": mohamed.reason,
             "ctv_alias": c.alias if c is not None else None,
             "sphere_outside_dose_fraction": sph.samples.outside_dose_fraction,
+            **alt,
         })
     return rows
 
@@ -270,9 +282,11 @@ def run_dosimetry(
     sph = sphere_step(volumes, centre, radius_mm)
     c_dose, c_in_grid = centroid_step(volumes, centre, issues)
     mohamed, probs = patient_schemes(volumes, config, levels, centre, c_dose, sigma_mm, issues)
+    alternatives = {"fixed": sphere_step(volumes, centre, config.uncertainty.radius_mm),
+                    "patient": sphere_step(volumes, centre, uncertainty) if uncertainty is not None else None}
     rows = classification_rows(volumes, config, levels, centre=centre, c_dose=c_dose, c_in_grid=c_in_grid,
                                rec_mask=rec.mask, sph=sph, uncertainty=uncertainty, sigma_mm=sigma_mm,
-                               mohamed=mohamed, probs=probs)
+                               mohamed=mohamed, probs=probs, alternatives=alternatives)
     classification = pl.DataFrame(rows, schema=CLASSIFICATION_SCHEMA)
     stats = _dose_statistics(volumes, config, levels, rec, sph)
 
