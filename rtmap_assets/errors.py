@@ -6,6 +6,14 @@ A `PatientDataError` is never a crash of the pipeline: the asset layer turns it 
 
 from __future__ import annotations
 
+import polars as pl
+
+# The row `as_issue` builds; `pipeline_issues` stores it with the time it was recorded (pipeline/issues.py).
+ISSUE_ROW_SCHEMA: dict[str, pl.DataType] = {
+    "patient_id": pl.String(), "stage": pl.String(), "code": pl.String(), "message": pl.String(),
+    "file": pl.String(),
+}
+
 
 class PatientDataError(Exception):
     """Explained problem with one patient's input, e.g. a missing RTDOSE or an empty recurrence."""

@@ -44,8 +44,3 @@ def load_script(name: str):
     spec.loader.exec_module(module)
     return module
 
-
-def readable_paths(config):
-    """`config` with export paths stored as paths (privacy.hash_export_paths off): for tests of the
-    manifest's logic that check which file it chose and what its messages say."""
-    return config.model_copy(update={"privacy": config.privacy.model_copy(update={"hash_export_paths": False})})

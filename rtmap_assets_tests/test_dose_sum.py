@@ -9,7 +9,6 @@ import polars as pl
 import pytest
 import SimpleITK as sitk
 
-from conftest import readable_paths
 from rtmap_assets.config import load_trial_config
 from rtmap_assets.dicom.catalog import catalog_folder
 from rtmap_assets.dicom.dose_sum import DosePart, read_plan_dose, select_plan_doses
@@ -21,7 +20,7 @@ try:
 except ImportError:  # rootdir-less import mode
     from dicom_factory import uid, write_patient, write_rtdose
 
-CONFIG = readable_paths(load_trial_config())  # the manifest's choices, checked by path
+CONFIG = load_trial_config()
 SCALING = 1e-3  # Gy per stored unit: storage rounds each part to +-0.0005 Gy
 
 

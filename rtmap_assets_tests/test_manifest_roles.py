@@ -10,7 +10,6 @@ import numpy as np
 import polars as pl
 import pytest
 
-from conftest import readable_paths
 from rtmap_assets.config import load_trial_config
 from rtmap_assets.errors import PatientDataError
 from rtmap_assets.dicom.catalog import catalog_folder
@@ -30,7 +29,7 @@ try:
 except ImportError:  # rootdir-less import mode
     from dicom_factory import uid, write_image_series, write_patient, write_rtdose, write_rtstruct
 
-CONFIG = readable_paths(load_trial_config())  # the manifest's choices, checked by path
+CONFIG = load_trial_config()
 
 
 def _manifest(trial: Path) -> tuple[pl.DataFrame, pl.DataFrame]:

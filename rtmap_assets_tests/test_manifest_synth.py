@@ -7,13 +7,12 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from conftest import readable_paths
 from rtmap_assets.config import load_trial_config
 from rtmap_assets.dicom.catalog import catalog_folder, read_header, read_header_pydicom, resolve_path
 from rtmap_assets.dicom.manifest import ROLES, build_manifest
 from rtmap_synth.cohort import GeneratorSettings, generate_cohort
 
-CONFIG = readable_paths(load_trial_config())  # the manifest's choices, checked by path
+CONFIG = load_trial_config()
 
 
 @pytest.fixture(scope="module")

@@ -30,7 +30,6 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from conftest import readable_paths
 from rtmap_assets.config import Aliases, load_trial_config
 from rtmap_assets.dicom.catalog import catalog_folder
 from rtmap_assets.dicom.dose_sum import read_plan_dose
@@ -115,7 +114,7 @@ def test_catalog_of_the_real_export(raw: Path):
 
 
 def test_manifest_says_one_ct_slice_is_not_a_planning_ct(raw: Path):
-    config = readable_paths(load_trial_config())
+    config = load_trial_config()
     # the breast plan names its target "Tumor Bed": a level name, not a dose-templated one (rule 2)
     config = config.model_copy(update={"aliases": Aliases(ctv=["*CTV*{dose}*"], ctv_by_level={"high": ["Tumor Bed"]})})
     manifest, issues = build_manifest(catalog_folder(raw / "DC").files, config)

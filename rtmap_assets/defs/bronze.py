@@ -6,7 +6,7 @@ import dagster as dg
 from rtmap_assets.dicom.catalog import catalog_folder, subject_issues
 from rtmap_assets.dicom.manifest import ISSUES_SCHEMA, build_manifest, complete_rows
 from rtmap_assets.defs.lake_io import read_upstream
-from rtmap_assets.dicom.path_tokens import redact
+from rtmap_assets.dicom.path_tokens import redact, tokenise_manifest
 from rtmap_assets.defs.metadata import md_table
 from rtmap_assets.defs.resources import RtmapPaths, TrialSettings
 from rtmap_assets.lake.contract import DICOM_FILES, DICOM_REJECTS, PATIENT_MANIFEST, PIPELINE_ISSUES
@@ -100,6 +100,8 @@ def patient_manifest(context: dg.AssetExecutionContext, paths: RtmapPaths, trial
         rule17 = [{**r, "file": redact(r["file"], known), "message": redact(r["message"], known)} for r in rule17]
     if rule17:
         issues = pl.concat([issues, pl.DataFrame([{**r, "stage": "manifest"} for r in rule17], schema=ISSUES_SCHEMA)])
+    if trial.config.privacy.hash_export_paths:  # rule 17: files by catalog token beyond the bronze catalog
+        manifest, issues = tokenise_manifest(manifest, issues, files["path"].to_list())
     out = lake.replace_all(PATIENT_MANIFEST, manifest)
     # Rewrite every patient's manifest issues so solved problems disappear from pipeline_issues.
     patients = set(files["patient_id"].drop_nulls().to_list()) | set(lake.patients_with_rows(PIPELINE_ISSUES))

@@ -62,8 +62,7 @@ import polars as pl
 
 from rtmap_assets.config import TrialConfig
 from rtmap_assets.dicom.dose_sum import DosePart, select_plan_doses
-from rtmap_assets.dicom.path_tokens import path_token, redact
-from rtmap_assets.errors import PatientDataError
+from rtmap_assets.errors import ISSUE_ROW_SCHEMA, PatientDataError
 from rtmap_assets.naming import match_aliases
 
 log = logging.getLogger(__name__)
@@ -95,13 +94,7 @@ MANIFEST_SCHEMA: dict[str, pl.DataType] = {
     "complete": pl.Boolean(),  # all five roles resolved and no manifest issue (same on all the patient's rows)
 }
 
-ISSUES_SCHEMA: dict[str, pl.DataType] = {
-    "patient_id": pl.String(),
-    "stage": pl.String(),
-    "code": pl.String(),
-    "message": pl.String(),
-    "file": pl.String(),
-}
+ISSUES_SCHEMA = ISSUE_ROW_SCHEMA  # the manifest's issue rows, before pipeline_issues stamps them
 
 
 # ----------------------------------------------------------------------------------------------
@@ -635,27 +628,11 @@ def build_manifest(files: pl.DataFrame, config: TrialConfig) -> tuple[pl.DataFra
         manifest = manifest.sort(
             "patient_id", pl.col("role").replace_strict(order, return_dtype=pl.Int64))
     issue_df = pl.DataFrame(issues, schema=ISSUES_SCHEMA).sort("patient_id", "code")
-    if config.privacy.hash_export_paths and files.height:
-        manifest, issue_df = _tokenise_paths(manifest, issue_df, files["path"].to_list())
     n_complete = complete_rows(manifest)["patient_id"].n_unique() if manifest.height else 0
     n_partial = manifest.filter(~pl.col("complete"))["patient_id"].n_unique() if manifest.height else 0
     log.info("manifest: %d complete patients, %d incomplete with the roles found, %d issues",
              n_complete, n_partial, issue_df.height)
     return manifest, issue_df
-
-
-def _tokenise_paths(manifest: pl.DataFrame, issues: pl.DataFrame,
-                    paths: list[str]) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Rule 17, `privacy.hash_export_paths`: files named by catalog tokens in the manifest and its issues."""
-    known = set(paths)
-    manifest = manifest.with_columns(
-        pl.col("files").map_elements(lambda fs: [path_token(f) if f in known else f for f in fs],
-                                     return_dtype=pl.List(pl.String)),
-        pl.col("reason").map_elements(lambda t: redact(t, known), return_dtype=pl.String))
-    issues = issues.with_columns(
-        pl.col("message").map_elements(lambda t: redact(t, known), return_dtype=pl.String),
-        pl.col("file").map_elements(lambda t: redact(t, known), return_dtype=pl.String))
-    return manifest, issues
 
 
 def complete_rows(manifest: pl.DataFrame) -> pl.DataFrame:

@@ -11,6 +11,8 @@ import hashlib
 import re
 from collections.abc import Iterable, Mapping
 
+import polars as pl
+
 
 def path_token(path: str) -> str:
     return "#" + hashlib.sha1(path.encode()).hexdigest()[:12]
@@ -33,3 +35,19 @@ def redact(text: str | None, paths: Iterable[str]) -> str | None:
 def resolver(paths: Iterable[str]) -> Mapping[str, str]:
     """token -> catalog path, for the paths a reader may need."""
     return {path_token(p): p for p in paths}
+
+
+def tokenise_manifest(manifest: pl.DataFrame, issues: pl.DataFrame,
+                      paths: Iterable[str]) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The manifest and its issue rows as stored: files named by catalog tokens, paths redacted in texts.
+
+    Applied where they are written to the lake (the asset layer), so the pure functions keep real paths."""
+    known = set(paths)
+    manifest = manifest.with_columns(
+        pl.col("files").map_elements(lambda fs: [path_token(f) if f in known else f for f in fs],
+                                     return_dtype=pl.List(pl.String)),
+        pl.col("reason").map_elements(lambda t: redact(t, known), return_dtype=pl.String))
+    issues = issues.with_columns(
+        pl.col("message").map_elements(lambda t: redact(t, known), return_dtype=pl.String),
+        pl.col("file").map_elements(lambda t: redact(t, known), return_dtype=pl.String))
+    return manifest, issues

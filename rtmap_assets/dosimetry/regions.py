@@ -26,6 +26,7 @@ import SimpleITK as sitk
 from scipy.stats import qmc
 
 from rtmap_assets.errors import PatientDataError
+from rtmap_assets.imaging.mapping import mask_centroid_mm  # the one definition (imaging stage)
 
 
 def index_to_physical_matrix(image: sitk.Image) -> tuple[np.ndarray, np.ndarray]:
@@ -45,15 +46,6 @@ def physical_to_continuous_index(image: sitk.Image, points_mm: np.ndarray) -> np
 def mask_array(mask: sitk.Image) -> np.ndarray:
     """Boolean [z, y, x] array of a 0/1 mask."""
     return sitk.GetArrayViewFromImage(mask) > 0
-
-
-def mask_centroid_mm(mask: sitk.Image) -> np.ndarray | None:
-    """Mean of the occupied voxel centres in mm (LPS); None for an empty mask."""
-    zyx = np.argwhere(mask_array(mask))
-    if zyx.size == 0:
-        return None
-    a, origin = index_to_physical_matrix(mask)
-    return origin + a @ zyx[:, ::-1].mean(axis=0)
 
 
 def voxel_volume_cc(image: sitk.Image) -> float:

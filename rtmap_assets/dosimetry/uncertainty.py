@@ -21,16 +21,12 @@ from typing import Literal
 import numpy as np
 
 from rtmap_assets.config import Uncertainty
-from rtmap_assets.dosimetry.regions import mask_centroid_mm
+from rtmap_assets.imaging.mapping import mask_centroid_mm  # one home each: the imaging stage's definitions
+from rtmap_assets.imaging.qc import landmark_distance_mm
 from rtmap_assets.errors import PatientDataError
 from rtmap_assets.pipeline.volumes import PatientVolumes
 
 Policy = Literal["fixed", "patient", "cohort"]
-
-
-def landmark_distance_mm(planning_centroid_mm: np.ndarray, mapped_centroid_mm: np.ndarray) -> float:
-    """Euclidean distance (mm) between the planning and the mapped landmark centroids."""
-    return float(np.linalg.norm(np.asarray(planning_centroid_mm, float) - np.asarray(mapped_centroid_mm, float)))
 
 
 def patient_uncertainty_mm(volumes: PatientVolumes) -> float:

@@ -19,8 +19,8 @@ own working grid (body box + 20 mm).
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +31,7 @@ import SimpleITK as sitk
 from rtmap_assets.config import TrialConfig
 from rtmap_assets.dicom.dose_sum import read_plan_dose
 from rtmap_assets.dicom.readers import RTStruct, contour_bounds_mm, rasterise, read_image_series, read_rtstruct
+from rtmap_assets.dosimetry.regions import dose_support_mask
 from rtmap_assets.errors import PatientDataError
 from rtmap_assets.issue_codes import IssueCode
 from rtmap_assets.imaging import grid as wg
@@ -129,136 +130,203 @@ def _local_grid(contours: list[np.ndarray], spacing_mm: float, margin_mm: float)
     return wg.make_grid(lo - margin_mm, hi + margin_mm, spacing_mm)
 
 
+@dataclass
+class Inputs:
+    """The patient's DICOM, read (step 1)."""
+
+    plan_ct: sitk.Image | None  # set to None once resampled (memory)
+    relapse: sitk.Image | None
+    relapse_modality: str
+    plan_rs: RTStruct
+    rel_rs: RTStruct
+    plan_rs_file: str
+    rel_rs_file: str
+    dose: sitk.Image | None
+
+
+@dataclass
+class Planning:
+    """Planning side on its working grid (step 2): image, structures, landmark, body, dose."""
+
+    ref: sitk.Image
+    image: sitk.Image
+    structures: list[StructureMask]
+    landmark_centroid_mm: np.ndarray
+    body: sitk.Image
+    dose: sitk.Image | None
+    dose_support: sitk.Image | None
+
+
+@dataclass
+class Relapse:
+    """Relapse side (step 3): image on its own working grid, structures on fine local grids."""
+
+    image: sitk.Image
+    default_value: float
+    masks: dict[str, sitk.Image]  # recurrence, landmark, comparison structures
+    roles: dict[str, tuple[str, str]]  # name -> (role, matched alias)
+    recurrence: str
+    landmark: str
+    landmark_centroid_mm: np.ndarray
+
+
+def read_inputs(manifest_rows: pl.DataFrame, config: TrialConfig, raw_root: Path | None,
+                path_of: Mapping[str, str] | None) -> Inputs:
+    files = lambda role: _role_files(manifest_rows, role, raw_root, path_of)  # noqa: E731
+    plan_rs_file, rel_rs_file = files("planning_rtstruct")[0], files("relapse_rtstruct")[0]
+    has_dose = manifest_rows.filter(pl.col("role") == "planning_rtdose").height > 0
+    return Inputs(
+        plan_ct=read_image_series(files("planning_ct"), config.slice_geometry),
+        relapse=read_image_series(files("relapse_image"), config.slice_geometry),
+        relapse_modality=str(manifest_rows.filter(pl.col("role") == "relapse_image")["modality"][0] or "CT"),
+        plan_rs=read_rtstruct(plan_rs_file), rel_rs=read_rtstruct(rel_rs_file),
+        plan_rs_file=plan_rs_file, rel_rs_file=rel_rs_file,
+        dose=read_plan_dose(files("planning_rtdose")) if has_dose else None)
+
+
+def planning_step(inputs: Inputs, config: TrialConfig) -> Planning:
+    """Rule 3: the planning working grid (body box), planning structures rasterised on it, the dose on it."""
+    al, spacing = config.aliases, float(config.grid_spacing_mm)
+    plan_rs = inputs.plan_rs
+    names = [n for n in plan_rs.names if plan_rs.contours[n]]
+    body_match = first_match(names, al.body)
+    bounds = contour_bounds_mm(plan_rs.contours[body_match[0]]) if body_match else None
+    ref = wg.working_grid(inputs.plan_ct, spacing, margin_mm=10.0, bounds=bounds)
+    image = wg.resample_image(inputs.plan_ct, ref, default_value=-1000.0)
+    inputs.plan_ct = None  # the native CT is not needed again: free it before the relapse is resampled
+    structures: list[StructureMask] = []
+    for name in names:
+        role, alias = planning_role(name, config)
+        structures.append(StructureMask(name=name, role=role, space="planning",
+                                        mask=rasterise(plan_rs, name, ref), matched_alias=alias))
+    landmarks = [s for s in structures if s.role == "landmark"]
+    if len(landmarks) != 1:
+        raise PatientDataError(IssueCode.LANDMARK_MISSING if not landmarks else IssueCode.LANDMARK_AMBIGUOUS,
+                               f"planning RTSTRUCT has {len(landmarks)} landmark structures matching "
+                               f"{al.landmark}", stage=STAGE, file=inputs.plan_rs_file)
+    lm_centroid = mask_centroid_mm(landmarks[0].mask)
+    if lm_centroid is None:
+        raise PatientDataError(IssueCode.LANDMARK_EMPTY, f"planning landmark {landmarks[0].name!r} has no voxels",
+                               stage=STAGE, file=inputs.plan_rs_file)
+    bodies = [s for s in structures if s.role == "body"]
+    dose = wg.resample_dose(inputs.dose, ref) if inputs.dose is not None else None
+    support = dose_support_mask(inputs.dose, ref) if inputs.dose is not None else None
+    inputs.dose = None
+    if support is not None and int(np.count_nonzero(sitk.GetArrayViewFromImage(support))) == int(
+            np.prod(ref.GetSize())):
+        support = None  # the RTDOSE covers the whole working grid
+    return Planning(ref=ref, image=image, structures=structures, landmark_centroid_mm=lm_centroid,
+                    body=bodies[0].mask if bodies else wg.body_mask(image), dose=dose, dose_support=support)
+
+
+def relapse_step(inputs: Inputs, config: TrialConfig) -> Relapse:
+    """The relapse image on its own working grid; recurrence, landmark and comparison structures rasterised on
+    local grids of half the working spacing (a small recurrence is not blurred by two 2 mm resamplings)."""
+    al, spacing = config.aliases, float(config.grid_spacing_mm)
+    rel_rs, file = inputs.rel_rs, inputs.rel_rs_file
+    is_mr = inputs.relapse_modality.upper() == "MR"
+    rel_ref = wg.working_grid(inputs.relapse, spacing, margin_mm=20.0,
+                              threshold=None if is_mr else wg.BODY_THRESHOLD_HU)
+    default = 0.0 if is_mr else -1000.0
+    image = wg.resample_image(inputs.relapse, rel_ref, default_value=default)
+    inputs.relapse = None  # likewise the native relapse image
+    names = [n for n in rel_rs.names if rel_rs.contours[n]]
+    refuse_empty_match(rel_rs, al.recurrence, "recurrence", IssueCode.RECURRENCE_EMPTY, file)
+    rec_name, rec_alias = _one(names, al.recurrence, "recurrence", IssueCode.RECURRENCE_MISSING,
+                               IssueCode.RECURRENCE_AMBIGUOUS, file)
+    lm_name, lm_alias = _one(names, al.landmark, "landmark", IssueCode.LANDMARK_MISSING,
+                             IssueCode.LANDMARK_AMBIGUOUS, file)
+    comparison = [(n, a) for n, a in match_aliases(names, al.comparison) if n not in (rec_name, lm_name)]
+    roles = {rec_name: ("recurrence", rec_alias), lm_name: ("landmark", lm_alias),
+             **{n: ("comparison", a) for n, a in comparison}}
+    masks = {name: rasterise(rel_rs, name, _local_grid(rel_rs.contours[name], spacing / 2.0, 2 * spacing))
+             for name in roles}
+    lm_centroid = mask_centroid_mm(masks[lm_name])
+    if lm_centroid is None:
+        raise PatientDataError(IssueCode.LANDMARK_EMPTY, f"relapse landmark {lm_name!r} has no voxels", stage=STAGE,
+                               file=file)
+    if mask_centroid_mm(masks[rec_name]) is None:
+        raise PatientDataError(IssueCode.RECURRENCE_EMPTY, f"recurrence {rec_name!r} has no voxels", stage=STAGE,
+                               file=file)
+    return Relapse(image=image, default_value=default, masks=masks, roles=roles, recurrence=rec_name,
+                   landmark=lm_name, landmark_centroid_mm=lm_centroid)
+
+
+def mapping_step(relapse: Relapse, transform: sitk.Transform, planning: Planning,
+                 file: str) -> tuple[dict[str, sitk.Image], sitk.Image]:
+    """Rule 4: relapse masks resampled through the transform onto the planning grid (appended to the planning
+    structures), and the registered relapse image."""
+    mapped: dict[str, sitk.Image] = {}
+    for name, mask in relapse.masks.items():
+        mapped[name] = map_mask(mask, transform, planning.ref)
+        role, alias = relapse.roles[name]
+        planning.structures.append(StructureMask(name=name, role=role, space="mapped", mask=mapped[name],
+                                                 matched_alias=alias))
+    if mask_centroid_mm(mapped[relapse.recurrence]) is None:
+        raise PatientDataError(IssueCode.RECURRENCE_MAPPED_EMPTY,
+                               f"mapped recurrence {relapse.recurrence!r} is empty (outside the planning working "
+                               "grid?)", stage=STAGE, file=file)
+    registered = wg.resample(relapse.image, planning.ref, transform=transform, default_value=relapse.default_value)
+    return mapped, registered
+
+
+def qc_step(patient_id: str, relapse: Relapse, planning: Planning, mapped: dict[str, sitk.Image],
+            transform: sitk.Transform) -> tuple[float, float, float, list[dict]]:
+    """(landmark distance = the uncertainty of rule 5, Jacobian minimum, folding fraction, comparison overlaps)."""
+    lm_distance = landmark_distance_mm(planning.landmark_centroid_mm, mask_centroid_mm(mapped[relapse.landmark]))
+    jac_min, folding = jacobian_stats(transform, planning.ref, planning.body)
+    rows = []
+    plan_by_name = {s.name: s for s in planning.structures if s.space == "planning"}
+    for name, (role, alias) in relapse.roles.items():
+        partner = first_match(list(plan_by_name), [alias]) if role == "comparison" else None
+        if partner is not None:
+            m = overlap_metrics(mapped[name], plan_by_name[partner[0]].mask)
+            rows.append({"patient_id": patient_id, "structure": name, "planning_structure": partner[0], **m})
+    return lm_distance, jac_min, folding, rows
+
+
 @restores_sitk_threads  # SimpleITK's global thread count = `threads` during the call, then restored
 def run_imaging(manifest_rows: pl.DataFrame, config: TrialConfig, out_dir: Path, *,
                 raw_root: Path | None = None, engine: str | None = None, threads: int | None = None,
                 path_of: Mapping[str, str] | None = None) -> ImagingResult:
-    """The per-patient imaging step (see module docstring). `raw_root` resolves catalog-relative paths;
-    `path_of` resolves catalog tokens (token -> catalog path) when the manifest names files by token."""
+    """The per-patient imaging step (see module docstring), in named steps. `raw_root` resolves catalog-relative
+    paths; `path_of` resolves catalog tokens (token -> catalog path) when the manifest names files by token."""
     t_start = time.perf_counter()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     patient_id = str(manifest_rows["patient_id"][0])
-    engine = engine or config.registration.engine
-    spacing = float(config.grid_spacing_mm)
-    al = config.aliases
+    timings: dict[str, float] = {}
 
-    # ---- read
     t = time.perf_counter()
-    plan_ct = read_image_series(_role_files(manifest_rows, "planning_ct", raw_root, path_of), config.slice_geometry)
-    rel_files = _role_files(manifest_rows, "relapse_image", raw_root, path_of)
-    relapse = read_image_series(rel_files, config.slice_geometry)
-    rel_modality = str(manifest_rows.filter(pl.col("role") == "relapse_image")["modality"][0] or "CT")
-    plan_rs_file = _role_files(manifest_rows, "planning_rtstruct", raw_root, path_of)[0]
-    rel_rs_file = _role_files(manifest_rows, "relapse_rtstruct", raw_root, path_of)[0]
-    plan_rs = read_rtstruct(plan_rs_file)
-    rel_rs = read_rtstruct(rel_rs_file)
-    dose_rows = manifest_rows.filter(pl.col("role") == "planning_rtdose")
-    dose = read_plan_dose(_role_files(manifest_rows, "planning_rtdose", raw_root, path_of)) if dose_rows.height else None
-    read_s = time.perf_counter() - t
+    inputs = read_inputs(manifest_rows, config, raw_root, path_of)
+    timings["read_s"] = time.perf_counter() - t
 
-    # ---- working grids, planning structures
     t = time.perf_counter()
-    plan_names = [n for n in plan_rs.names if plan_rs.contours[n]]
-    body_match = first_match(plan_names, al.body)
-    bounds = contour_bounds_mm(plan_rs.contours[body_match[0]]) if body_match else None
-    ref = wg.working_grid(plan_ct, spacing, margin_mm=10.0, bounds=bounds)
-    image = wg.resample_image(plan_ct, ref, default_value=-1000.0)
-    del plan_ct
-    structures: list[StructureMask] = []
-    for name in plan_names:
-        role, alias = planning_role(name, config)
-        structures.append(StructureMask(name=name, role=role, space="planning",
-                                        mask=rasterise(plan_rs, name, ref), matched_alias=alias))
-    plan_landmarks = [s for s in structures if s.role == "landmark"]
-    if len(plan_landmarks) != 1:
-        raise PatientDataError(IssueCode.LANDMARK_MISSING if not plan_landmarks else IssueCode.LANDMARK_AMBIGUOUS,
-                               f"planning RTSTRUCT has {len(plan_landmarks)} landmark structures matching "
-                               f"{al.landmark}", stage=STAGE, file=plan_rs_file)
-    plan_lm_centroid = mask_centroid_mm(plan_landmarks[0].mask)
-    if plan_lm_centroid is None:
-        raise PatientDataError("landmark_empty", f"planning landmark {plan_landmarks[0].name!r} has no voxels",
-                               stage=STAGE, file=plan_rs_file)
-    bodies = [s for s in structures if s.role == "body"]
-    body = bodies[0].mask if bodies else wg.body_mask(image)
-    dose_wg = wg.resample_dose(dose, ref) if dose is not None else None
-    dose_support = None
-    if dose is not None:
-        # working-grid voxels inside the RTDOSE grid (the resampled dose is 0 beyond it)
-        ones = sitk.Image(dose.GetSize(), sitk.sitkUInt8) + 1
-        ones.CopyInformation(dose)
-        dose_support = wg.resample(ones, ref, interpolator=sitk.sitkNearestNeighbor, pixel_type=sitk.sitkUInt8)
-        if int(np.count_nonzero(sitk.GetArrayViewFromImage(dose_support))) == int(np.prod(ref.GetSize())):
-            dose_support = None
-    del dose
+    planning = planning_step(inputs, config)
+    relapse = relapse_step(inputs, config)
+    rel_modality, rel_rs_file = inputs.relapse_modality, inputs.rel_rs_file
+    del inputs  # the native images: memory goes back before registration
+    timings["grid_s"] = time.perf_counter() - t
 
-    is_mr = rel_modality.upper() == "MR"
-    rel_ref = wg.working_grid(relapse, spacing, margin_mm=20.0, threshold=None if is_mr else wg.BODY_THRESHOLD_HU)
-    rel_default = 0.0 if is_mr else -1000.0
-    rel_image = wg.resample_image(relapse, rel_ref, default_value=rel_default)
-    del relapse
-
-    rel_names = [n for n in rel_rs.names if rel_rs.contours[n]]
-    refuse_empty_match(rel_rs, al.recurrence, "recurrence", IssueCode.RECURRENCE_EMPTY, rel_rs_file)
-    rec_name, rec_alias = _one(rel_names, al.recurrence, "recurrence", IssueCode.RECURRENCE_MISSING,
-                               IssueCode.RECURRENCE_AMBIGUOUS, rel_rs_file)
-    lm_name, lm_alias = _one(rel_names, al.landmark, "landmark", IssueCode.LANDMARK_MISSING,
-                             IssueCode.LANDMARK_AMBIGUOUS, rel_rs_file)
-    comparison = [(n, a) for n, a in match_aliases(rel_names, al.comparison) if n not in (rec_name, lm_name)]
-    fine = spacing / 2.0
-    rel_masks: dict[str, sitk.Image] = {}
-    for name in [rec_name, lm_name, *[n for n, _ in comparison]]:
-        rel_masks[name] = rasterise(rel_rs, name, _local_grid(rel_rs.contours[name], fine, 2 * spacing))
-    rel_lm_centroid = mask_centroid_mm(rel_masks[lm_name])
-    if rel_lm_centroid is None:
-        raise PatientDataError("landmark_empty", f"relapse landmark {lm_name!r} has no voxels", stage=STAGE,
-                               file=rel_rs_file)
-    if mask_centroid_mm(rel_masks[rec_name]) is None:
-        raise PatientDataError("recurrence_empty", f"recurrence {rec_name!r} has no voxels", stage=STAGE,
-                               file=rel_rs_file)
-    grid_s = time.perf_counter() - t
-
-    # ---- registration
     t = time.perf_counter()
-    result = register(image, rel_image, fixed_landmark_mm=plan_lm_centroid, moving_landmark_mm=rel_lm_centroid,
-                      engine=engine, bspline_grid_mm=config.registration.bspline_grid_mm, fixed_mask=body,
-                      threads=threads)
+    result = register(planning.image, relapse.image, fixed_landmark_mm=planning.landmark_centroid_mm,
+                      moving_landmark_mm=relapse.landmark_centroid_mm, engine=engine or config.registration.engine,
+                      bspline_grid_mm=config.registration.bspline_grid_mm, fixed_mask=planning.body, threads=threads)
     transform = result.transform
-    registration_s = time.perf_counter() - t
+    timings["registration_s"] = time.perf_counter() - t
 
-    # ---- mapping
     t = time.perf_counter()
-    roles = {rec_name: ("recurrence", rec_alias), lm_name: ("landmark", lm_alias), **{n: ("comparison", a)
-                                                                                      for n, a in comparison}}
-    mapped: dict[str, sitk.Image] = {}
-    for name, mask in rel_masks.items():
-        mapped[name] = map_mask(mask, transform, ref)
-        structures.append(StructureMask(name=name, role=roles[name][0], space="mapped", mask=mapped[name],
-                                        matched_alias=roles[name][1]))
-    if mask_centroid_mm(mapped[rec_name]) is None:
-        raise PatientDataError("recurrence_mapped_empty",
-                               f"mapped recurrence {rec_name!r} is empty (outside the planning working grid?)",
-                               stage=STAGE, file=rel_rs_file)
-    registered = wg.resample(rel_image, ref, transform=transform, default_value=rel_default)
-    mapping_s = time.perf_counter() - t
+    mapped, registered = mapping_step(relapse, transform, planning, rel_rs_file)
+    timings["mapping_s"] = time.perf_counter() - t
 
-    # ---- QC
     t = time.perf_counter()
-    lm_distance = landmark_distance_mm(plan_lm_centroid, mask_centroid_mm(mapped[lm_name]))
-    jac_min, folding = jacobian_stats(transform, ref, body)
-    structure_rows = []
-    plan_by_name = {s.name: s for s in structures if s.space == "planning"}
-    for name, alias in comparison:
-        partner = first_match(list(plan_by_name), [alias])
-        if partner is None:
-            continue
-        m = overlap_metrics(mapped[name], plan_by_name[partner[0]].mask)
-        structure_rows.append({"patient_id": patient_id, "structure": name, "planning_structure": partner[0], **m})
-    qc_s = time.perf_counter() - t
+    lm_distance, jac_min, folding, structure_rows = qc_step(patient_id, relapse, planning, mapped, transform)
+    timings["qc_s"] = time.perf_counter() - t
 
     # ---- write
-    volumes = PatientVolumes(patient_id=patient_id, image=image, dose=dose_wg, structures=structures,
-                             dose_support=dose_support)
+    structures = planning.structures
+    volumes = PatientVolumes(patient_id=patient_id, image=planning.image, dose=planning.dose, structures=structures,
+                             dose_support=planning.dose_support)
     paths = volumes.save(out_dir)
     reg_path = out_dir / "relapse_registered.nii.gz"
     sitk.WriteImage(registered, str(reg_path), useCompression=True)
@@ -266,6 +334,8 @@ def run_imaging(manifest_rows: pl.DataFrame, config: TrialConfig, out_dir: Path,
     sitk.WriteTransform(transform, str(tfm_path))
     paths.update({"relapse_registered": str(reg_path), "transform": str(tfm_path)})
     total_s = time.perf_counter() - t_start
+    read_s, grid_s, registration_s, mapping_s, qc_s = (timings[k] for k in (
+        "read_s", "grid_s", "registration_s", "mapping_s", "qc_s"))
 
     qc_row = {
         "patient_id": patient_id, "engine": result.engine, "relapse_modality": rel_modality,

@@ -11,16 +11,10 @@ from datetime import datetime, timezone
 
 import polars as pl
 
+from rtmap_assets.errors import ISSUE_ROW_SCHEMA
 from rtmap_assets.lake import Lake
 
-ISSUE_SCHEMA = {
-    "patient_id": pl.String,
-    "stage": pl.String,
-    "code": pl.String,
-    "message": pl.String,
-    "file": pl.String,
-    "recorded_at": pl.Datetime("us", "UTC"),
-}
+ISSUE_SCHEMA = {**ISSUE_ROW_SCHEMA, "recorded_at": pl.Datetime("us", "UTC")}
 
 
 def issues_frame(rows: list[dict]) -> pl.DataFrame:
