@@ -358,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.smoke:
         args.a_seeds, args.a_size, args.a_engines, args.a_no_seed_path = [1], "small", ["sitk"], True
-        args.b_files, args.b_repeat = 250, 1
+        args.b_files, args.b_repeat = 120, 1
         args.c_sizes, args.c_base_patients, args.c_repeat = [10, 30], 1, 1
         args.d_patients, args.d_unchanged = 2, 1
 
