@@ -221,7 +221,7 @@ def time_queries(lake, duckdb_path: Path, repeat: int) -> list[dict]:
 
 
 def run_part_c(work: Path, sizes: list[int], base_patients: int, repeat: int, log,
-               base_lake: Path | None = None) -> dict:
+               base_lake: Path | None = None, checkpoint=lambda partial: None) -> dict:
     from rtmap_assets.lake import Lake
     from rtmap_assets.lake.contract import REGISTRATION_QC
 
@@ -245,8 +245,10 @@ def run_part_c(work: Path, sizes: list[int], base_patients: int, repeat: int, lo
             log(f"    {q['query']}: median {q['median_s'] if q['median_s'] is None else round(q['median_s'], 3)} s"
                 f" ({q['rows']} rows){' ERROR ' + q['error'] if q['error'] else ''}")
         results.append({"patients": n, "lake": rep, "dbt_build": build, "queries": qs})
+        checkpoint({"storage_layout": storage_layout(Lake(base)), "base_patients": base_patients,
+                    "base_lake": str(base_lake) if base_lake else "rtmap demo", "sizes": results, "notes": notes})
         shutil.rmtree(root, ignore_errors=True)  # 10k patients: ~70k files; keep the disk tidy
         shutil.rmtree(work / f"dbt_target_{n}", ignore_errors=True)
         duck.unlink(missing_ok=True)
     return {"storage_layout": storage_layout(Lake(base)), "base_patients": base_patients,
-            "base_lake": "given" if base_lake else "rtmap demo", "sizes": results, "notes": notes}
+            "base_lake": str(base_lake) if base_lake else "rtmap demo", "sizes": results, "notes": notes}

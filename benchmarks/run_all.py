@@ -55,7 +55,8 @@ def log(msg: str) -> None:
 
 
 # ------------------------------------------------------------------------------------------- part a
-def part_a(work: Path, seeds: list[int], size: str, engines: list[str], with_seed: bool, threads: int) -> dict:
+def part_a(work: Path, seeds: list[int], size: str, engines: list[str], with_seed: bool, threads: int,
+           checkpoint=lambda partial: None) -> dict:
     from registration_benchmark import engine_available, prepare
 
     shape, spacing = CLINICAL if size == "clinical" else SMALL
@@ -66,7 +67,12 @@ def part_a(work: Path, seeds: list[int], size: str, engines: list[str], with_see
             paths.append("seed")
         else:
             skipped.append("seed (needs scikit-rt and the elastix CLI)")
-    rows = []
+    rows: list[dict] = []
+
+    def result() -> dict:
+        return {"size": size, "shape": shape, "spacing_mm": spacing, "paths": paths, "skipped": skipped,
+                "threads": threads, "seeds_planned": seeds, "rows": rows, "summary": summarise_a(rows)}
+
     for k, seed in enumerate(seeds):
         t = time.perf_counter()
         patient = prepare(seed, work, shape, spacing)
@@ -86,9 +92,9 @@ def part_a(work: Path, seeds: list[int], size: str, engines: list[str], with_see
             rows.append(r)
             log(f"a: seed {seed} {p}: process {r['process_wall_s']:.1f} s, steps {r.get('steps_s', 0) or 0:.1f} s, "
                 f"peak {r['peak_rss_mb']:.0f} MB{' ERROR ' + r['error'][:300] if 'error' in r else ''}")
+            checkpoint(result())  # a stopped run keeps every finished measurement
         shutil.rmtree(patient, ignore_errors=True)
-    return {"size": size, "shape": shape, "spacing_mm": spacing, "paths": paths, "skipped": skipped,
-            "threads": threads, "rows": rows, "summary": summarise_a(rows)}
+    return result()
 
 
 def summarise_a(rows: list[dict]) -> dict:
@@ -264,7 +270,7 @@ def render(res: dict) -> str:
     if "c" in parts:
         c = parts["c"]
         lines += [f"### (c) Cohort SQL and dbt build (storage: {c['storage_layout']}; rows replicated from a "
-                  f"{c['base_patients']}-patient `rtmap demo` lake through the Lake API)", ""]
+                  f"{c['base_patients']}-patient lake ({c.get('base_lake', 'rtmap demo')}) through the Lake API)", ""]
         names = [q["query"] for q in c["sizes"][0]["queries"]] if c["sizes"] and c["sizes"][0]["queries"] else []
         head = "| patients | lake files | lake MB | dbt build s | dbt peak MB | " + " | ".join(
             f"Q{i + 1} s" for i in range(len(names))) + " | load before → after |"
@@ -374,6 +380,12 @@ def main(argv: list[str] | None = None) -> int:
         res["loadavg_end"] = [round(v, 2) for v in os.getloadavg()]
         out_json.write_text(json.dumps(res, indent=1, default=str))
 
+    def checkpoint(part: str):
+        def store(partial: dict) -> None:
+            res["parts"][part] = {**partial, "partial": True}
+            save()
+        return store
+
     try:
         for part in args.parts:
             t = time.perf_counter()
@@ -384,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
                 log(f"{part}: taken from {reuse[part]}")
             elif part == "a":
                 res["parts"]["a"] = part_a(base / "a", args.a_seeds, args.a_size, args.a_engines,
-                                           not args.a_no_seed_path, args.threads)
+                                           not args.a_no_seed_path, args.threads, checkpoint("a"))
             elif part == "b":
                 res["parts"]["b"] = part_b(base / "b", args.b_files, args.b_repeat)
                 shutil.rmtree(base / "b", ignore_errors=True)
@@ -392,7 +404,7 @@ def main(argv: list[str] | None = None) -> int:
                 from cohort_sql import run_part_c
 
                 res["parts"]["c"] = run_part_c(base / "c", args.c_sizes, args.c_base_patients, args.c_repeat, log,
-                                             base_lake=args.c_base_lake)
+                                             base_lake=args.c_base_lake, checkpoint=checkpoint("c"))
                 shutil.rmtree(base / "c", ignore_errors=True)
             elif part == "d":
                 res["parts"]["d"] = part_d(base / "d", args.d_patients, args.d_unchanged)
