@@ -183,7 +183,7 @@ def queries(lake) -> dict[str, tuple[str, str]]:
             "duckdb", "select structure, count(*) n, avg(d95_gy) d95, avg(mean_gy) mean from stg_dose_statistics "
                       "group by structure order by structure"),
         "one patient's row (patient_summary)": (
-            "duckdb", "select * from patient_summary where patient_id = 'R00042'"),
+            "duckdb", "select * from patient_summary where patient_id = 'R00003'"),
         "open issues by code (staging view)": (
             "duckdb", "select stage, code, count(distinct patient_id) n from stg_pipeline_issues group by all"),
         "P(inside) by arm x t_stage, direct on the lake": (
