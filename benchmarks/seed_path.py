@@ -104,9 +104,10 @@ def run_seed_path(export: Path, workdir: Path, recurrence_names: tuple[str, ...]
             pass
     timings["transform_s"] = time.perf_counter() - t
     if len(nonempty) < len(rel_names):
+        caught_text = "; ".join(sorted({str(w.message)[:160] for w in caught}))[:600]
         notes.append(f"structure transform returned {len(nonempty)} non-empty of {len(rel_names)} relapse ROIs "
-                     f"({len(mapped_names)} ROIs in the result); warnings: "
-                     + "; ".join(sorted({str(w.message)[:160] for w in caught}))[:600])
+                     f"({len(mapped_names)} ROIs in the result)" + (f"; warnings: {caught_text}" if caught_text else "")
+                     + "; see reg/transformix.log (Debian elastix 5.0.1: no FinalNearestNeighborInterpolator)")
 
     t = time.perf_counter()
     dose_data = dose.get_data()
