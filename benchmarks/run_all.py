@@ -1,7 +1,7 @@
 """rtmap benchmarks, one command, side by side (issue 13 point 4).
 
     .venv/bin/python benchmarks/run_all.py                      # everything (about an hour on 2 idle cores)
-    .venv/bin/python benchmarks/run_all.py --smoke              # every part, tiny sizes (< 2 min per part)
+    .venv/bin/python benchmarks/run_all.py --smoke              # every part, toy sizes (part b: 5 s idle)
     .venv/bin/python benchmarks/run_all.py --parts b c --smoke  # pick parts
 
 Parts
@@ -330,7 +330,7 @@ def render(res: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
-    ap.add_argument("--smoke", action="store_true", help="tiny sizes everywhere (each part < 2 min on 2 cores)")
+    ap.add_argument("--smoke", action="store_true", help="toy sizes everywhere (part b ~5 s on idle cores; a and c start a pipeline run, 1-4 min under load)")
     ap.add_argument("--a-seeds", type=int, nargs="+", default=[1, 2, 3])
     ap.add_argument("--a-size", choices=["clinical", "small"], default="clinical")
     ap.add_argument("--a-engines", nargs="+", default=["sitk", "elastix", "skrt"])
