@@ -1,0 +1,76 @@
+"""rtmap's whole per-patient path without Dagster: `run_imaging` + `run_dosimetry` on one prepared patient.
+
+The patient folder is the one `registration_benchmark.prepare` makes (raw/, manifest.parquet, truth.json).
+Run as a child process (prints one `RESULT {json}` line):
+
+    python benchmarks/pipeline_path.py --patient-dir /tmp/x/seed1 --engine sitk --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def run_patient(work: Path, engine: str, threads: int) -> dict:
+    import polars as pl
+
+    from rtmap_assets.config import load_trial_config
+    from rtmap_assets.dosimetry.uncertainty import sphere_radius
+    from rtmap_assets.pipeline.dosimetry_patient import run_dosimetry
+    from rtmap_assets.pipeline.imaging_patient import run_imaging
+    from rtmap_assets.pipeline.volumes import PatientVolumes
+
+    rows = pl.read_parquet(work / "manifest.parquet")
+    truth = json.loads((work / "truth.json").read_text())
+    config = load_trial_config()
+    out = work / f"out_{engine}"
+    shutil.rmtree(out, ignore_errors=True)
+    t = time.perf_counter()
+    img = run_imaging(rows, config, out, truth, raw_root=work / "raw", engine=engine, threads=threads)
+    imaging_s = time.perf_counter() - t
+    qc = img.registration_qc.row(0, named=True)
+
+    t = time.perf_counter()
+    # As the asset does: the volumes are re-loaded from the imaging step's folder (it is a separate step).
+    volumes = PatientVolumes.load(out)
+    distance = qc["landmark_distance_mm"]
+    radius = sphere_radius(config.uncertainty, min_radius=config.grid_spacing_mm, patient_distance_mm=distance,
+                           cohort_radius_mm=None)
+    dos = run_dosimetry(volumes, config, radius_mm=radius.radius_mm, sigma_mm=float(distance or 0.0),
+                        figure_path=out / "overlay.png")
+    dosimetry_s = time.perf_counter() - t
+    high = dos.classification.filter(pl.col("level") == "high").row(0, named=True)
+    return {"path": "rtmap", "engine": engine, "imaging_s": imaging_s, "dosimetry_s": dosimetry_s,
+            "steps_s": imaging_s + dosimetry_s,
+            **{k: qc[k] for k in ("read_s", "grid_s", "registration_s", "mapping_s", "qc_s", "tre_mean_mm",
+                                  "tre_max_mm", "recurrence_dice_truth", "landmark_distance_mm")},
+            "high_centroid_class": high.get("centroid_class"), "high_volume_class": high.get("volume_class"),
+            "complete": True}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--patient-dir", type=Path, required=True)
+    ap.add_argument("--engine", default="sitk")
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args(argv)
+    t = time.perf_counter()
+    result = run_patient(args.patient_dir, args.engine, args.threads)
+    result["wall_s"] = time.perf_counter() - t
+    hwm_kb = next(int(line.split()[1]) for line in Path("/proc/self/status").read_text().splitlines()
+                  if line.startswith("VmHWM"))
+    result["self_hwm_mb"] = hwm_kb / 1024.0
+    print("RESULT " + json.dumps(result, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
