@@ -83,8 +83,7 @@ def _rename(df: pl.DataFrame, src: str, dst: str, uid_suffix: str) -> pl.DataFra
 def replicate_lake(base_root: Path, out_root: Path, n: int) -> dict:
     """Write a lake of n patients replicated from the base lake, through the Lake API; return counts/timing."""
     from rtmap_assets.lake import Lake
-    from rtmap_assets.lake.contract import PIPELINE_ISSUES, TABLES
-    from rtmap_assets.pipeline.issues import record_issues
+    from rtmap_assets.lake.contract import TABLES
 
     base, lake = Lake(base_root), Lake(out_root)
     t = time.perf_counter()
@@ -94,7 +93,9 @@ def replicate_lake(base_root: Path, out_root: Path, n: int) -> dict:
         raise RuntimeError("base lake has no registered patient")
     by_patient = {name: tables[name].partition_by("patient_id", as_dict=True) if tables[name].height else {}
                   for name in TABLES}
-    cohort_rows: dict[str, list[pl.DataFrame]] = {n_: [] for n_, s in TABLES.items() if s.partitioning == "cohort"}
+    # Every table is written in one commit: the state `lake_maintenance` leaves a Delta lake in (compacted),
+    # which is what cohort SQL reads between refreshes (per-patient commits would take hours to replay here).
+    cohort_rows: dict[str, list[pl.DataFrame]] = {n_: [] for n_ in TABLES}
     rows_written = 0
     for i in range(n):
         src, dst = sources[i % len(sources)], f"R{i:05d}"
@@ -103,25 +104,10 @@ def replicate_lake(base_root: Path, out_root: Path, n: int) -> dict:
             if part is None:
                 part = spec.empty()
             df = _rename(part, src, dst, f".{i}")
-            if spec.partitioning == "cohort":
-                if df.height:
-                    cohort_rows[name].append(df)
-            elif name == PIPELINE_ISSUES.name:
-                for stage in ("manifest", "imaging", "dosimetry"):  # as the pipeline does, empty or not
-                    rows = df.filter(pl.col("stage") == stage).drop("patient_id", "stage").to_dicts()
-                    record_issues(lake, dst, stage, rows)
-                    rows_written += len(rows)
-            else:
-                lake.replace_patient(spec, dst, df)
-                rows_written += df.height
-    notes = []
-    if not lake.patients_with_rows(PIPELINE_ISSUES):
-        # The real run had no issue at all, so the table has no file and dbt's stg_pipeline_issues view
-        # cannot be created (read_parquet finds no file): one placeholder row lets the build run.
-        record_issues(lake, "R00000", "dosimetry", [{"code": "BENCHMARK_PLACEHOLDER", "message": "placeholder row",
-                                                     "file": None}])
-        notes.append("the base run had no pipeline_issues rows; one placeholder issue row was written so that "
-                     "dbt's stg_pipeline_issues can be built (with no file at all it fails: 'No files found')")
+            if df.height:
+                cohort_rows[name].append(df)
+    notes = ["tables written in one commit each (the compacted state lake_maintenance produces)"]
+    lake.ensure_all(TABLES.values())  # every table exists (empty) before dbt reads it, as the pipeline does
     for name, parts in cohort_rows.items():
         df = pl.concat(parts, how="diagonal_relaxed") if parts else TABLES[name].empty()
         lake.replace_all(TABLES[name], df)

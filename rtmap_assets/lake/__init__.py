@@ -110,8 +110,7 @@ class Lake:
 
     # ------------------------------------------------------------------ tables
     def replace_all(self, spec: TableSpec, df: pl.DataFrame) -> str:
-        """A cohort table rewritten whole, in one commit; returns the table's URI."""
-        assert spec.partitioning == "cohort", f"{spec.name} is a per-patient table"
+        """A table rewritten whole, in one commit (cohort tables; or a bulk load); returns the table's URI."""
         self.store.replace_all(spec, df)
         return self.store.uri(spec)
 
@@ -142,3 +141,13 @@ class Lake:
 
     def maintain(self, spec: TableSpec, **kwargs) -> dict:
         return self.store.maintain(spec, **kwargs)
+
+    def duckdb_scan(self, spec: TableSpec) -> str:
+        """A DuckDB table expression over the table's current Delta snapshot (local lakes): its data files,
+        nothing a later commit removed."""
+        from rtmap_assets.lake.delta_store import snapshot_view_sql
+
+        return "(" + snapshot_view_sql(self.store, spec).split(" AS ", 1)[1] + ")"
+
+    def describe_storage(self) -> str:
+        return f"Delta Lake tables under {self.store.root} (one table per contract table, not partitioned)"
