@@ -45,16 +45,19 @@ def test_asset_graph_in_chromium(tmp_path):
                 assert server.poll() is None, "dagster-webserver exited"
                 assert time.time() < deadline, "dagster-webserver did not come up"
                 time.sleep(1)
-        groups = {"bronze": ["dicom_files", "dicom_rejects", "patient_manifest"],
-                  "patient_silver": ["registration_qc", "mapped_structures"],
-                  "patient_gold": ["recurrence_classification", "dose_statistics"],
-                  "cohort": ["cohort_uncertainty", "cohort_dashboard", "patient_summary"]}
+        groups = {"bronze": ["dicom_files", "dicom_rejects", "patient_manifest", "manifest_issues"],
+                  "patient_silver": ["registration_qc", "mapped_structures", "imaging_issues"],
+                  "patient_gold": ["recurrence_classification", "dose_statistics", "patient_overlay",
+                                   "patient_viewer", "patient_seed_csv", "dosimetry_issues"],
+                  "cohort": ["cohort_uncertainty", "cohort_dashboard", "patient_summary"],
+                  "maintenance": ["lake_maintenance"]}
         for group, names in groups.items():
             for _attempt in range(2):  # an empty dump is Chromium failing to start (seen under load), not the page
                 dom = subprocess.run(
                     [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                      "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                     f"--user-data-dir={tmp_path / 'chrome'}", "--virtual-time-budget=30000", "--window-size=1600,1200",
+                     f"--user-data-dir={tmp_path / 'chrome'}", "--virtual-time-budget=30000",
+                     "--window-size=1600,5000",  # the graph renders only nodes in view: tall enough for 6
                      "--dump-dom", f"http://127.0.0.1:{port}/locations/rtmap_assets/asset-groups/{group}"],
                     capture_output=True, text=True, timeout=180).stdout
                 if dom.strip():
