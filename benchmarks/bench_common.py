@@ -101,6 +101,14 @@ def machine() -> dict:
             "loadavg_start": [round(v, 2) for v in os.getloadavg()]}
 
 
+def print_child_result(result: dict) -> None:
+    """The one line a benchmark child prints for `run_child_json`, with its own memory high-water mark (VmHWM:
+    reset by exec, unlike ru_maxrss)."""
+    hwm_kb = next(int(line.split()[1]) for line in Path("/proc/self/status").read_text().splitlines()
+                  if line.startswith("VmHWM"))
+    print("RESULT " + json.dumps({**result, "self_hwm_mb": hwm_kb / 1024.0}, default=str))
+
+
 def median(values: list[float]) -> float | None:
     values = [v for v in values if v is not None]
     return statistics.median(values) if values else None

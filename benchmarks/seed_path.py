@@ -22,7 +22,6 @@ Run as a child process (one JSON line `RESULT {...}` on stdout):
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import time
@@ -31,6 +30,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import print_child_result  # noqa: E402 - benchmarks/ on sys.path
 
 VOXEL_MM = 2.0  # the seed's working grid
 
@@ -138,10 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     t = time.perf_counter()
     result = run_seed_path(args.export, args.workdir)
     result["wall_s"] = time.perf_counter() - t
-    hwm_kb = next(int(line.split()[1]) for line in Path("/proc/self/status").read_text().splitlines()
-                  if line.startswith("VmHWM"))
-    result["self_hwm_mb"] = hwm_kb / 1024.0
-    print("RESULT " + json.dumps(result, default=str))
+    print_child_result(result)
     return 0
 
 
