@@ -91,11 +91,7 @@ def machine() -> dict:
             versions[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
             versions[dist] = "not installed"
-    try:
-        out = subprocess.run(["elastix", "--version"], capture_output=True, text=True, check=False).stdout.strip()
-        versions["elastix CLI"] = out.split()[-1] if out else "unknown"
-    except FileNotFoundError:
-        versions["elastix CLI"] = "not installed"
+    versions["elastix CLI"] = elastix_cli_version()
     return {"nproc": str(os.cpu_count()), "cpu": cpu, "ram": ram, "os": platform.platform(),
             "versions": ", ".join(f"{k} {v}" for k, v in versions.items()),
             "loadavg_start": [round(v, 2) for v in os.getloadavg()]}
@@ -107,6 +103,15 @@ def print_child_result(result: dict) -> None:
     hwm_kb = next(int(line.split()[1]) for line in Path("/proc/self/status").read_text().splitlines()
                   if line.startswith("VmHWM"))
     print("RESULT " + json.dumps({**result, "self_hwm_mb": hwm_kb / 1024.0}, default=str))
+
+
+def elastix_cli_version() -> str:
+    """Version of the elastix command line the seed path uses ('not installed' without it)."""
+    try:
+        out = subprocess.run(["elastix", "--version"], capture_output=True, text=True, check=False).stdout.strip()
+    except FileNotFoundError:
+        return "not installed"
+    return out.split()[-1] if out else "unknown"
 
 
 def median(values: list[float]) -> float | None:

@@ -34,6 +34,7 @@ log = logging.getLogger("registration_benchmark")
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))  # run as a script from a checkout
+sys.path.insert(0, str(HERE))  # the benchmarks' shared helpers (bench_common)
 
 
 def child(args: argparse.Namespace) -> None:
@@ -139,11 +140,9 @@ def machine() -> dict[str, str]:
             versions[mod] = __import__(mod).__version__
         except Exception:  # noqa: BLE001 - optional packages; absent means "not installed"
             versions[mod] = "not installed"
-    try:
-        out = subprocess.run(["elastix", "--version"], capture_output=True, text=True, check=False).stdout.strip()
-        versions["elastix CLI"] = out.split()[-1] if out else "unknown"
-    except FileNotFoundError:
-        versions["elastix CLI"] = "not installed"
+    from bench_common import elastix_cli_version
+
+    versions["elastix CLI"] = elastix_cli_version()
     return {"nproc": str(os.cpu_count()), "cpu": cpu, "ram": ram, "os": platform.platform(),
             "load_before": " ".join(f"{v:.2f}" for v in os.getloadavg()),
             "versions": ", ".join(f"{k} {v}" for k, v in versions.items())}
