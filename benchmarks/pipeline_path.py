@@ -54,8 +54,10 @@ def run_patient(work: Path, engine: str, threads: int) -> dict:
     return {"path": "rtmap", "engine": engine, "imaging_s": imaging_s, "dosimetry_s": dosimetry_s,
             "steps_s": imaging_s + dosimetry_s,
             **{k: qc[k] for k in ("read_s", "grid_s", "registration_s", "mapping_s", "qc_s", "tre_mean_mm",
-                                  "tre_max_mm", "recurrence_dice_truth", "landmark_distance_mm")},
+                                  "tre_max_mm", "recurrence_dice_truth", "recurrence_centroid_error_mm",
+                                  "landmark_distance_mm")},
             "high_centroid_class": high.get("centroid_class"), "high_volume_class": high.get("volume_class"),
+            "truth_high_centroid_class": truth["classes"]["high"]["centroid_class"],
             "complete": True}
 
 

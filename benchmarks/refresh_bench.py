@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
 
     prepare_instance(data)  # DAGSTER_HOME + RTMAP_DATA_DIR before the definitions load
     from rtmap_assets.config import load_trial_config
-    from rtmap_assets.synth.cli import main_synth
+    from rtmap_synth.cli import main_synth
 
     config = load_trial_config()
     raw = data / "raw" / config.trial

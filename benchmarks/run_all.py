@@ -83,7 +83,8 @@ def part_a(work: Path, seeds: list[int], size: str, engines: list[str], with_see
                 export = next((patient / "raw").glob("*/*"))
                 seedwork = patient / "seedwork"
                 shutil.rmtree(seedwork, ignore_errors=True)
-                cmd = [sys.executable, str(HERE / "seed_path.py"), "--export", str(export), "--workdir", str(seedwork)]
+                cmd = [sys.executable, str(HERE / "seed_path.py"), "--export", str(export), "--workdir", str(seedwork),
+                       "--truth", str(patient / "truth.json")]
             else:
                 cmd = [sys.executable, str(HERE / "pipeline_path.py"), "--patient-dir", str(patient), "--engine",
                        p.split(":")[1], "--threads", str(threads)]
@@ -232,15 +233,19 @@ def render(res: dict) -> str:
         lines += [f"### (a) Whole per-patient pipeline, {a['size']} ({'x'.join(map(str, a['shape']))}), one fresh "
                   "process per path, paths alternating", "",
                   "| patient | path | process wall s | in-process steps s | peak RSS MB | TRE mean / max mm | "
-                  "complete | load before → after |", "|---|---|---|---|---|---|---|---|"]
+                  "recurrence centroid error mm | high-level centroid class (truth) | complete | load before → after |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         for r in a["rows"]:
             if "error" in r:
                 lines.append(f"| {r['seed']} | {r['path_name']} | {_f(r['process_wall_s'])} | ERROR | "
-                             f"{_f(r['peak_rss_mb'], 0)} | | no | {r['load_before']} → {r['load_after']} |")
+                             f"{_f(r['peak_rss_mb'], 0)} | | | | no | {r['load_before']} → {r['load_after']} |")
                 continue
             tre = f"{_f(r.get('tre_mean_mm'), 2)} / {_f(r.get('tre_max_mm'), 2)}" if r["path"] == "rtmap" else "–"
+            cls = (f"{r['high_centroid_class']} ({r['truth_high_centroid_class']})"
+                   if r.get("high_centroid_class") is not None and r.get("truth_high_centroid_class") is not None else "–")
             lines.append(f"| {r['seed']} | {r['path_name']} | {_f(r['process_wall_s'])} | {_f(r['steps_s'])} | "
-                         f"{_f(r['peak_rss_mb'], 0)} | {tre} | {'yes' if r.get('complete') else 'no'} | "
+                         f"{_f(r['peak_rss_mb'], 0)} | {tre} | {_f(r.get('recurrence_centroid_error_mm'), 2)} | {cls} | "
+                         f"{'yes' if r.get('complete') else 'no'} | "
                          f"{r['load_before']} → {r['load_after']} |")
         s = a["summary"]
         lines += ["", "| path | runs | median process s | median steps s | max peak RSS MB | seed/rtmap time "

@@ -10,10 +10,12 @@ Steps (each timed):
   transform  the relapse structure set transformed into planning space (`Registration.transform`).
   dose       the planning dose read; if the mapped recurrence has voxels, dose at its centroid.
 
-Known limitation of this machine's elastix: Debian's elastix/transformix 5.0.1 lack the
-nearest-neighbour resample interpolator skrt uses for masks, so `transform` returns a structure set
-with no (or empty) ROIs and only a warning. The step is still run and timed; the result records how
-many ROIs came back non-empty, and the dose-at-centroid step is skipped when none did.
+This machine's elastix: Debian's transformix 5.0.1 lacks the `FinalNearestNeighborInterpolator`
+skrt asks for by default when it transforms masks (transformix.log: "This component is not installed!";
+skrt then returns an empty structure set with only a warning). The seed path therefore passes skrt's
+own `params` override with `FinalBSplineInterpolator` of order 0, which is nearest-neighbour
+interpolation by definition, so the masks come back as skrt would map them with a complete elastix.
+The result records how many ROIs came back non-empty; the dose-at-centroid step is skipped when none did.
 
 Run as a child process (one JSON line `RESULT {...}` on stdout):
     python benchmarks/seed_path.py --export data/raw/SYNTH-HN/SYN-001 --workdir /tmp/x
@@ -22,11 +24,15 @@ Run as a child process (one JSON line `RESULT {...}` on stdout):
 from __future__ import annotations
 
 import argparse
+import fnmatch
+import json
 import logging
 import sys
 import time
 import warnings
 from pathlib import Path
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -34,6 +40,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_common import print_child_result  # noqa: E402 - benchmarks/ on sys.path
 
 VOXEL_MM = 2.0  # the seed's working grid
+# Masks through transformix: B-spline interpolation of order 0 = nearest neighbour (see the module docstring
+# for why not the named one), and 0 outside the relapse image (the parameter maps' -1000 is for CT images;
+# skrt would read it as "inside the mask").
+NEAREST_NEIGHBOUR_MASKS = {"ResampleInterpolator": '"FinalBSplineInterpolator"', "FinalBSplineInterpolationOrder": 0,
+                           "DefaultPixelValue": 0}
 
 
 def _images(study) -> list:
@@ -50,12 +61,20 @@ def _structure_sets(study) -> list:
     return out
 
 
-def run_seed_path(export: Path, workdir: Path, recurrence_names: tuple[str, ...] = ("Rec_CT", "Rec_MR")) -> dict:
+# The seed notebook's recurrence name patterns (case-insensitive shell patterns).
+RECURRENCE_PATTERNS = ("rec_ct", "rec_mr", "*recurrence*")
+
+
+def _is_recurrence(name: str) -> bool:
+    return any(fnmatch.fnmatch(name.lower(), p) for p in RECURRENCE_PATTERNS)
+
+
+def run_seed_path(export: Path, workdir: Path, truth: dict | None = None) -> dict:
     """The seed path on one export folder; returns step timings (s) and what came out."""
     from skrt import Patient
     from skrt.registration import Registration
 
-    from rtmap_assets.imaging.registration import _write_parameter_file, elastix_parameter_maps
+    from rtmap_assets.imaging.registration.elastix_engine import elastix_parameter_maps, write_parameter_file
 
     timings: dict[str, float] = {}
     notes: list[str] = []
@@ -83,7 +102,7 @@ def run_seed_path(export: Path, workdir: Path, recurrence_names: tuple[str, ...]
     pfiles = {}
     for name, params in zip(("translation", "rigid", "bspline"), elastix_parameter_maps(30.0)):
         p = workdir / f"{name}.txt"
-        _write_parameter_file({**params, "WriteResultImage": ["true"]}, p)  # skrt reads result.0.nii back
+        write_parameter_file({**params, "WriteResultImage": ["true"]}, p)  # skrt reads result.0.nii back
         pfiles[name] = str(p)
     reg = Registration(str(workdir / "reg"), fixed=ct, moving=relapse, pfiles=pfiles, overwrite=True,
                        capture_output=True, log_level="WARNING")
@@ -93,7 +112,7 @@ def run_seed_path(export: Path, workdir: Path, recurrence_names: tuple[str, ...]
     t = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        mapped = reg.transform(ss_rel)
+        mapped = reg.transform(ss_rel, params=NEAREST_NEIGHBOUR_MASKS)
     mapped_names = mapped.get_roi_names() if mapped is not None else []
     nonempty = []
     for name in mapped_names:
@@ -108,25 +127,37 @@ def run_seed_path(export: Path, workdir: Path, recurrence_names: tuple[str, ...]
         caught_text = "; ".join(sorted({str(w.message)[:160] for w in caught}))[:600]
         notes.append(f"structure transform returned {len(nonempty)} non-empty of {len(rel_names)} relapse ROIs "
                      f"({len(mapped_names)} ROIs in the result)" + (f"; warnings: {caught_text}" if caught_text else "")
-                     + "; see reg/transformix.log (Debian elastix 5.0.1: no FinalNearestNeighborInterpolator)")
+                     + "; see reg/transformix.log")
 
     t = time.perf_counter()
     dose_data = dose.get_data()
     dose_max_gy = float(dose_data.max())
     centroid_dose_gy = None
-    rec = [n for n in nonempty if n in recurrence_names]
+    centroid_mm = None
+    rec = [n for n in nonempty if _is_recurrence(n)]
     if rec:
         pos = mapped.get_roi(rec[0]).get_centroid()
+        centroid_mm = [float(v) for v in pos]
         try:
-            centroid_dose_gy = float(dose.get_value_at_pos(pos)) if hasattr(dose, "get_value_at_pos") else None
+            # As the seed does: the dose voxel holding the centroid (skrt's standardised array is y, x, z).
+            ix, iy, iz = (dose.pos_to_idx(pos[k], ax) for k, ax in enumerate("xyz"))
+            centroid_dose_gy = float(dose.get_data(standardise=True)[iy, ix, iz])
         except Exception as err:  # noqa: BLE001
             notes.append(f"dose at centroid failed: {err}")
     else:
         notes.append("dose at the mapped recurrence centroid not computed: no mapped recurrence")
     timings["dose_s"] = time.perf_counter() - t
-    return {"path": "seed", "engine": "skrt+elastix CLI (seed)", **timings,
+    checked = {}
+    if truth is not None and centroid_mm is not None:  # evaluation against the known warp, outside the timing
+        true_centre = np.asarray(truth["recurrence"]["centroid_planning_mm"], float)
+        checked["recurrence_centroid_error_mm"] = float(np.linalg.norm(np.asarray(centroid_mm) - true_centre))
+        high = truth["classes"]["high"]
+        checked["high_centroid_class"] = int(centroid_dose_gy >= 0.95 * high["prescription_gy"])
+        checked["truth_high_centroid_class"] = int(high["centroid_class"])
+    return {"path": "seed", "engine": "skrt+elastix CLI (seed)", **timings, **checked,
             "steps_s": sum(timings.values()), "planning_rois": n_plan_rois, "relapse_rois": len(rel_names),
             "mapped_rois_nonempty": len(nonempty), "dose_max_gy": dose_max_gy, "centroid_dose_gy": centroid_dose_gy,
+            "mapped_recurrence_centroid_mm": centroid_mm,
             "complete": bool(rec), "notes": notes}
 
 
@@ -134,10 +165,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--export", type=Path, required=True)
     ap.add_argument("--workdir", type=Path, required=True)
+    ap.add_argument("--truth", type=Path, help="synthetic ground truth JSON: adds the centroid error and class check")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     t = time.perf_counter()
-    result = run_seed_path(args.export, args.workdir)
+    truth = json.loads(args.truth.read_text()) if args.truth else None
+    result = run_seed_path(args.export, args.workdir, truth)
     result["wall_s"] = time.perf_counter() - t
     print_child_result(result)
     return 0
