@@ -7,9 +7,10 @@ persistent instance under the data dir (the run queue / pool settings `rtmap dem
 2. Full run, as `rtmap demo` does it: bronze_job, partitions added, patient_job per partition
    (in-process, one after the other: the heavy step's pool limit is 1 on 2 cores), cohort_job.
    Patients per hour = N / (wall time of the whole run), and per patient_job alone.
-3. Refresh with nothing changed: the raw-exports sensor ticks (what it requests is what a refresh
-   costs), then the nightly schedule's work: patient_job on K unchanged partitions (time per unchanged
-   patient; 'recomputed' metadata counted) and the cohort job.
+3. Refresh with nothing changed: the raw-exports sensor ticks and the nightly refresh schedule is
+   evaluated (what they request is what a refresh costs: an up-to-date patient is not run); then, as a
+   forced backfill would, patient_job on K unchanged partitions (time per unchanged patient inside a run;
+   'recomputed' metadata counted) and the cohort job.
 4. One patient added (the held-back export moved in): sensor tick → bronze_job → sensor tick → the
    requested patient runs → cohort_job. Wall time and partitions recomputed (from the runs' own
    `recomputed` materialisation metadata).
@@ -90,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import dagster as dg
 
-    from rtmap_assets.defs.automation import raw_exports_sensor
+    from rtmap_assets.defs.automation import nightly_refresh, raw_exports_sensor
     from rtmap_assets.defs.resources import RtmapPaths, TrialSettings
 
     t = time.perf_counter()
@@ -109,6 +110,15 @@ def main(argv: list[str] | None = None) -> int:
         for req in res.dynamic_partitions_requests:
             instance.add_dynamic_partitions(req.partitions_def_name, list(req.partition_keys))
         return res, time.perf_counter() - t0
+
+    def schedule_tick():
+        from datetime import datetime, timezone
+
+        ctx = dg.build_schedule_context(instance=instance, scheduled_execution_time=datetime.now(timezone.utc),
+                                        resources={"paths": RtmapPaths(data_dir=str(data)), "trial": TrialSettings()})
+        t0 = time.perf_counter()
+        res = nightly_refresh(ctx)
+        return ([] if isinstance(res, dg.SkipReason) else [r.partition_key for r in res]), time.perf_counter() - t0
 
     def run(job, **kw):
         t0 = time.perf_counter()
@@ -155,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     load_before = _load1()
     t0 = time.perf_counter()
     r3, tick3_s = tick(r2.cursor)
+    schedule_requests, schedule_s = schedule_tick()
     unchanged = ready[: args.unchanged]
     unchanged_s, counts = [], {"recomputed": 0, "reused": 0}
     for pid in unchanged:
@@ -165,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     cohort_r, cohort_unchanged_s = run(cohort)
     out["refresh_nothing_changed"] = {
         "sensor_tick_s": tick3_s, "sensor_requests": len(r3.run_requests),
+        "schedule_tick_s": schedule_s, "schedule_requests": len(schedule_requests), "patients_checked": len(ready),
         "patient_job_s_per_unchanged": unchanged_s, "unchanged_partitions_run": len(unchanged),
         "step_materialisations": counts, "cohort_job_s": cohort_unchanged_s, "cohort_ok": cohort_r.success,
         "seconds": time.perf_counter() - t0, "load_before": load_before, "load_after": _load1()}

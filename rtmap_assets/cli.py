@@ -328,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--fresh", action="store_true", help="delete earlier raw data, lake and instance first")
     demo.add_argument("--refresh", action="store_true",
-                      help="run every patient, not only new or changed ones (as the nightly full refresh does)")
+                      help="run every patient, not only new or changed ones (unchanged ones re-report their stored result)")
     ui = sub.add_parser("ui", help="start the Dagster UI and daemon on 127.0.0.1")
     ui.add_argument("--data-dir", default=os.environ.get("RTMAP_DATA_DIR", "data"))
     ui.add_argument("--port", type=int, default=3000)

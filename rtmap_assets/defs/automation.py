@@ -1,4 +1,4 @@
-"""Jobs, the raw-data sensor and the full-refresh schedule.
+"""Jobs, the raw-data sensor and the nightly refresh schedule.
 
 The sensor watches `data/raw/<trial>/`: one top-level folder per patient export. It works in two
 phases on each tick, remembered in its cursor:
@@ -11,6 +11,7 @@ phases on each tick, remembered in its cursor:
 import hashlib
 import json
 import os
+import time
 from pathlib import Path
 
 import polars as pl
@@ -18,6 +19,7 @@ import polars as pl
 import dagster as dg
 from rtmap_assets.defs.partitions import patients_partitions
 from rtmap_assets.defs.resources import RtmapPaths, TrialSettings
+from rtmap_assets.defs.versions import patients_out_of_date
 from rtmap_assets.lake import Lake
 from rtmap_assets.lake.contract import PATIENT_MANIFEST, RECURRENCE_CLASSIFICATION, REGISTRATION_QC, TableSpec
 from rtmap_assets.dicom.manifest import complete_rows
@@ -138,13 +140,20 @@ def raw_exports_sensor(context: dg.SensorEvaluationContext, paths: RtmapPaths, t
     cron_schedule="0 2 * * *",
     job=patient_job,
     default_status=dg.DefaultScheduleStatus.STOPPED,
-    description="Nightly full refresh: every known patient is re-run; unchanged patients (same inputs, code and "
-    "configuration) re-report their stored result instead of recomputing.",
+    description="Nightly refresh: every patient whose stored result is out of date (inputs, code, configuration, "
+    "sphere radius or covariate arm changed, or its figures are gone) is re-run; up-to-date patients cost a "
+    "column read, not a run. To force everyone, launch a backfill of patient_job from the UI.",
 )
-def nightly_full_refresh(context: dg.ScheduleEvaluationContext):
+def nightly_refresh(context: dg.ScheduleEvaluationContext, paths: RtmapPaths, trial: TrialSettings):
+    t = time.perf_counter()
+    known = context.instance.get_dynamic_partitions(patients_partitions.name)
+    stale = patients_out_of_date(paths.lake, trial.config, known)
+    checked = f"{len(known)} patients checked in {1000 * (time.perf_counter() - t):.0f} ms"
+    if not stale:
+        return dg.SkipReason(f"every patient is up to date ({checked})")
     day = context.scheduled_execution_time.strftime("%Y-%m-%d")
-    for pid in context.instance.get_dynamic_partitions(patients_partitions.name):
-        yield dg.RunRequest(run_key=f"refresh:{day}:{pid}", partition_key=pid)
+    context.log.info(f"{len(stale)} out of date ({checked}): {', '.join(stale[:20])}")
+    return [dg.RunRequest(run_key=f"refresh:{day}:{pid}", partition_key=pid) for pid in stale]
 
 
 # Evaluates the declarative automation conditions (cohort assets follow patients; classifications follow

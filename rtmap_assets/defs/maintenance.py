@@ -38,6 +38,6 @@ lake_maintenance_job = dg.define_asset_job(
 
 
 @dg.schedule(cron_schedule="30 3 * * *", job=lake_maintenance_job, default_status=dg.DefaultScheduleStatus.RUNNING,
-             description="Nightly lake maintenance (after the 02:00 full refresh).")
+             description="Nightly lake maintenance (after the 02:00 refresh).")
 def nightly_lake_maintenance(context: dg.ScheduleEvaluationContext):
     return dg.RunRequest(run_key=f"maintenance:{context.scheduled_execution_time:%Y-%m-%d}")

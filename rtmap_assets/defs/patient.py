@@ -6,7 +6,6 @@ versions + its code version + the hash of only the configuration sections it rea
 version equals the stored one re-reports the stored result instead of recomputing.
 """
 
-import hashlib
 import json
 import shutil
 import traceback
@@ -16,7 +15,7 @@ import polars as pl
 import SimpleITK as sitk
 
 import dagster as dg
-from rtmap_assets.config import TrialConfig, config_fingerprint
+from rtmap_assets.config import TrialConfig
 from rtmap_assets.defs.checks import (
     CLASSIFICATION_CHECKS,
     REGISTRATION_CHECKS,
@@ -30,9 +29,16 @@ from rtmap_assets.defs.lake_io import read_upstream
 from rtmap_assets.defs.metadata import md_table
 from rtmap_assets.defs.partitions import patients_partitions
 from rtmap_assets.defs.resources import RtmapPaths, TrialSettings
+from rtmap_assets.defs.versions import (
+    DOSIMETRY_CODE_VERSION,
+    IMAGING_CODE_VERSION,
+    classification_outputs,
+    classification_radius,
+    dosimetry_version,
+    imaging_version,
+)
 from rtmap_assets.dicom.manifest import complete_rows
 from rtmap_assets.dicom.path_tokens import redact, resolver
-from rtmap_assets.dosimetry.uncertainty import sphere_radius
 from rtmap_assets.errors import PatientDataError
 from rtmap_assets.figures.viewer import build_patient_viewer
 from rtmap_assets.lake import Lake
@@ -47,7 +53,6 @@ from rtmap_assets.lake.contract import (
     REGISTRATION_QC,
     TRIAL_COVARIATES,
 )
-from rtmap_assets.pipeline import dosimetry_patient, imaging_patient
 from rtmap_assets.pipeline.dosimetry_patient import run_dosimetry, write_seed_csvs
 from rtmap_assets.pipeline.imaging_patient import run_imaging
 from rtmap_assets.pipeline.issues import record_issues
@@ -55,8 +60,6 @@ from rtmap_assets.pipeline.volumes import PatientVolumes
 
 SILVER, GOLD = "patient_silver", "patient_gold"
 # Bump when the science of a step changes: every patient is then recomputed once.
-IMAGING_CODE_VERSION = "imaging-2"  # mapped masks keep their volume (grid.resample_mask)
-DOSIMETRY_CODE_VERSION = "dosimetry-2"  # level-named CTVs, per-arm high CTV, sub-voxel sphere
 HEAVY_POOL = "rtmap_patient_heavy"
 VIEWER_DOSE_FLOOR = 0.3  # the viewer's dose wash is hidden below this fraction of the highest prescription
 
@@ -71,21 +74,6 @@ RECLASSIFY_ON_COHORT_CHANGE = (
     & ~dg.AutomationCondition.any_deps_in_progress()
     & ~dg.AutomationCondition.in_progress()
 ).with_label("cohort radius or covariates changed")
-
-
-def stage_version(*parts: object) -> str:
-    return hashlib.sha1("|".join(str(p) for p in parts).encode()).hexdigest()[:16]
-
-
-def imaging_version(fingerprint: str, config: TrialConfig) -> str:
-    return stage_version(fingerprint, IMAGING_CODE_VERSION, config_fingerprint(config, imaging_patient.CONFIG_SECTIONS))
-
-
-def dosimetry_version(imaging_data_version: str, config: TrialConfig, radius_mm: float,
-                      covariate_arm: str | None) -> str:
-    return stage_version(imaging_data_version, DOSIMETRY_CODE_VERSION,
-                         config_fingerprint(config, dosimetry_patient.CONFIG_SECTIONS), f"{radius_mm:.4f}",
-                         covariate_arm or "-")
 
 
 def _fail(lake: Lake, pid: str, stage: str, err: Exception, context: dg.AssetExecutionContext, *,
@@ -291,27 +279,22 @@ def patient_classification(context: dg.AssetExecutionContext, paths: RtmapPaths,
         raise _fail(lake, pid, "dosimetry", PatientDataError("NO_REGISTRATION", "registration_qc missing"), context)
     read_upstream(context, lake, MAPPED_STRUCTURES, patient_id=pid)  # the masks' index: volumes_dir below
     volumes_dir = lake.absolute(qc["volumes_dir"][0])
-    figures = lake.patient_figures(pid)
     covariates = read_upstream(context, lake, TRIAL_COVARIATES, patient_id=pid)
     covariate_arm = covariates["arm"][0] if covariates.height else None
     issues_in: list[dict] = []
     try:
         distance, cohort = _radius_inputs(context, lake, config, pid)
-        if config.uncertainty.policy == "cohort" and cohort is None:
-            # First patients of a cohort: classify with the fixed radius until cohort_uncertainty exists;
-            # its first materialisation re-classifies everyone (RECLASSIFY_ON_COHORT_CHANGE).
+        # Sub-voxel sphere sampling (rule 10): any radius is meaningful, no one-voxel floor.
+        radius, pending = classification_radius(config, distance, cohort)
+        if pending:  # re-classified when cohort_uncertainty first materialises (RECLASSIFY_ON_COHORT_CHANGE)
             issues_in.append({"code": "COHORT_RADIUS_PENDING", "message": "cohort radius not computed yet: "
                               f"classified with the fixed radius {config.uncertainty.radius_mm} mm for now"})
-            cohort = config.uncertainty.radius_mm
-        # Sub-voxel sphere sampling (rule 10): any radius is meaningful, no one-voxel floor.
-        radius = sphere_radius(config.uncertainty, patient_distance_mm=distance, cohort_radius_mm=cohort)
     except Exception as err:  # noqa: BLE001
         raise _fail(lake, pid, "dosimetry", err, context) from err
     version = dosimetry_version(qc["data_version"][0], config, radius.radius_mm, covariate_arm)
 
     stored = lake.read(RECURRENCE_CLASSIFICATION, patient_id=pid)
-    overlay = figures / "overlay.png"
-    viewer = lake.root / "dashboards" / "viewers" / f"{pid}.html"  # beside the cohort dashboard, which links it
+    overlay, viewer = classification_outputs(lake, pid)  # the viewer sits beside the cohort dashboard, which links it
     if stored.height and stored["data_version"][0] == version and overlay.exists() and viewer.exists():
         context.log.info(f"{pid}: registration, covariates, radius, code and dosimetry configuration unchanged — "
                          "reusing stored classification")
