@@ -277,7 +277,8 @@ def main() -> None:
         print(f"| working grid ({args.grid_mm:g} mm isotropic), volume rule (after) | "
               + " | ".join(f"{v:+.2f}" for v in q) + f" | {d.mean():+.2f} | {np.mean(np.abs(d) <= 2.0) * 100:.1f} % |")
         for col, label in ((7, f"working grid ({args.grid_mm:g} mm isotropic), voxel-centre rule (before)"),
-                           (5, f"centre rule, {args.grid_mm:g} mm in-plane, slices = contour planes (in-plane sampling only)"),
+                           (5, f"centre rule, {args.grid_mm:g} mm in-plane, slices = contour planes "
+                               "(in-plane sampling only)"),
                            (6, f"centre rule, {args.fine_mm:g} mm isotropic (fine sampling)")):
             other = np.array([r[col] for r in rel_diffs]) * 100
             other = other[np.isfinite(other)]

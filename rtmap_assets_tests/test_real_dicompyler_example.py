@@ -11,7 +11,8 @@ here; dicompyler-core is not installed by rtmap. Conventions on both sides:
 * Occupancy: both take a dose pixel when its centre lies inside the contour polygon on that plane
   (rtmap: `rasterise(..., occupancy="centre")`, skimage polygon fill, even-odd; dicompyler:
   matplotlib Path.contains_points, XOR of contours). The pipeline's own rule (`occupancy="volume"`,
-  as many voxels as the polygon volume) is checked against the polygon geometry (shapely) instead. This plan's contour planes lie exactly on the dose frames (z = -122.44 + 3k mm), so the
+  as many voxels as the polygon volume) is checked against the polygon geometry (shapely) instead.
+  This plan's contour planes lie exactly on the dose frames (z = -122.44 + 3k mm), so the
   two rasterisations select the same voxels: volumes agree to the last digit (tolerance 0.001 cc).
   dicompyler weights each plane by the contour-plane spacing (3 mm), rtmap by the frame spacing
   (3 mm): the same here.
