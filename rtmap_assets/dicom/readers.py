@@ -22,7 +22,7 @@ Conventions (tested in `rtmap_assets_tests/test_readers_*.py`):
   of the structure not drawn; a lone plane stands for its nearest slice). A voxel's fractional
   occupancy = sum over planes of its in-plane coverage by the plane's polygons (even-odd: several
   contours on one plane are XOR-ed, so an inner contour is a hole, the DICOM-RT convention; exact
-  along scanlines, 8 scanlines per voxel row) x the fraction of its thickness inside the plane's
+  along scanlines, 16 scanlines per voxel row) x the fraction of its thickness inside the plane's
   slab. The mask = in each connected part of that occupancy, its rounded sum in voxels, taken as the
   voxels of highest occupancy (ties: fuller neighbourhood, then lowest index) — the idea of
   `imaging.grid.resample_mask`. So the volume is the polygon geometry's (area x slab) to within half
@@ -357,7 +357,9 @@ def _fill_by_volume(out: np.ndarray, planes: dict[float, list[np.ndarray]]) -> N
     out[bk0:bk1 + 1, bj0:bj1 + 1, bi0:bi1 + 1] = chosen
 
 
-_SUBROWS = 8  # sample rows per voxel row; along a row the coverage is exact (interval lengths)
+# Scanlines per voxel row; along a scanline the coverage is exact (interval lengths). 8 left thin cords
+# -0.3 % short on real 3 mm contour planes (the sampling error repeats on every plane), 16: +0.06 %.
+_SUBROWS = 16
 
 
 def _plane_coverage(polys: list[np.ndarray], i0: int, nxb: int, j0: int, nyb: int,
