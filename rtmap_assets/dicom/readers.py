@@ -326,9 +326,9 @@ def _fill_by_volume(out: np.ndarray, planes: dict[float, list[np.ndarray]]) -> N
     Occupancy of a voxel = sum over contour planes of (in-plane coverage of the voxel by the plane's
     polygons, even-odd) x (fraction of the voxel's thickness inside the plane's slab). Its sum is the
     contours' volume in voxels (polygon area x slab, exact up to `_SUBROWS` sampling across rows);
-    n = that sum rounded, and the mask = the n voxels of highest occupancy (ties: nearest to the
-    slice's occupancy-weighted centroid, then lowest index), so the volume is the geometry's and the
-    shape is the best-covered voxels, the rule of `imaging.grid.resample_mask` for mapped masks.
+    the mask = per connected part, that sum rounded, as the voxels of highest occupancy
+    (`_top_voxels`), so the volume is the geometry's and the shape is the best-covered voxels, the
+    rule of `imaging.grid.resample_mask` for mapped masks. Works on the contours' box only.
     """
     nz, ny, nx = out.shape
     keys = np.array(sorted(planes))
