@@ -9,8 +9,10 @@ here; dicompyler-core is not installed by rtmap. Conventions on both sides:
 * Grid: both work on the RTDOSE grid itself (2.5 x 2.5 mm pixels, 3 mm between frames); here rtmap
   rasterises each structure onto `read_rtdose`'s image (no resampling of the dose).
 * Occupancy: both take a dose pixel when its centre lies inside the contour polygon on that plane
-  (rtmap: skimage polygon fill, even-odd; dicompyler: matplotlib Path.contains_points, XOR of
-  contours). This plan's contour planes lie exactly on the dose frames (z = -122.44 + 3k mm), so the
+  (rtmap: `rasterise(..., occupancy="centre")`, skimage polygon fill, even-odd; dicompyler:
+  matplotlib Path.contains_points, XOR of contours). The pipeline's own rule (`occupancy="volume"`,
+  as many voxels as the polygon volume) is checked against the polygon geometry (shapely) instead.
+  This plan's contour planes lie exactly on the dose frames (z = -122.44 + 3k mm), so the
   two rasterisations select the same voxels: volumes agree to the last digit (tolerance 0.001 cc).
   dicompyler weights each plane by the contour-plane spacing (3 mm), rtmap by the frame spacing
   (3 mm): the same here.
@@ -143,7 +145,7 @@ def test_rtstruct_reader_on_the_real_structure_set(rtss):
 def test_dose_statistics_agree_with_dicompyler(rtss, plan_dose: sitk.Image, name: str):
     dose = plan_dose
     assert dose.GetSize() == (194, 129, 98) and dose.GetSpacing() == pytest.approx((2.5, 2.5, 3.0))
-    mask = sitk.GetArrayFromImage(rasterise(rtss, name, dose)).astype(bool)
+    mask = sitk.GetArrayFromImage(rasterise(rtss, name, dose, occupancy="centre")).astype(bool)
     doses = sitk.GetArrayFromImage(dose)[mask]
     ours = structure_statistics(doses, float(np.prod(dose.GetSpacing())) / 1000.0, None, 0.95, bin_width_gy=0.01)
     ref = DICOMPYLER[name]
@@ -151,6 +153,26 @@ def test_dose_statistics_agree_with_dicompyler(rtss, plan_dose: sitk.Image, name
     assert ours["mean_gy"] == pytest.approx(ref["mean_gy"], abs=MEAN_TOL_GY)
     for key in ("min_gy", "max_gy", "d98_gy", "d95_gy", "d50_gy", "d2_gy"):
         assert ours[key] == pytest.approx(ref[key], abs=BIN_TOL_GY), key
+
+
+@pytest.mark.parametrize("name", sorted(DICOMPYLER))
+def test_volume_rule_gives_the_polygon_volume_on_the_real_grid(rtss, plan_dose: sitk.Image, name: str):
+    """The pipeline's rule on the 2.5 x 2.5 x 3 mm dose grid: per contour plane, even-odd polygon area
+    (shapely) x 3 mm (planes on the frames, all 3 mm apart). Measured: Tumor Bed 13.162 cc against
+    13.159 cc of polygons (centre rule 13.069 cc, -0.69 %); Breast 400.050 / 400.047 cc."""
+    from shapely.geometry import Polygon
+    from shapely.validation import make_valid
+
+    planes: dict[float, object] = {}
+    for pts in rtss.contours[name]:
+        z = round(float(pts[0, 2]), 2)
+        poly = make_valid(Polygon(pts[:, :2]))
+        planes[z] = poly if z not in planes else planes[z].symmetric_difference(poly)
+    assert np.allclose(np.diff(sorted(planes)), 3.0, atol=0.01)
+    polygon_cc = sum(p.area for p in planes.values()) * 3.0 / 1000.0
+    voxel_cc = float(np.prod(plan_dose.GetSpacing())) / 1000.0
+    volume_cc = float(sitk.GetArrayFromImage(rasterise(rtss, name, plan_dose)).sum()) * voxel_cc
+    assert volume_cc == pytest.approx(polygon_cc, abs=voxel_cc / 2 + 1e-3 * polygon_cc)
 
 
 def test_dose_reader_scaling_on_the_real_grid(raw: Path):

@@ -16,18 +16,23 @@ Conventions (tested in `rtmap_assets_tests/test_readers_*.py`):
   (`series_no_geometry`), fewer than two slices (`series_too_few_slices`), differing
   rows/columns/pixel spacing (`series_inconsistent_geometry`).
 - Pixel values are float32 after each slice's own RescaleSlope/RescaleIntercept (HU for CT).
-- Rasterisation: a voxel belongs to a structure when its centre lies inside the contour polygon
-  (skimage.draw.polygon on the target grid). Several contours on one contour plane are combined by
-  even-odd (XOR) so an inner contour is a hole, the usual DICOM-RT convention. Each contour plane
-  stands for a slab one contour-plane spacing thick: a target slice whose centre lies within the
-  structure's z extent (first plane - half spacing .. last plane + half spacing) takes the nearest
-  contour plane, and a structure thinner than the slice spacing lands on its nearest slice. So
-  contours on planes between target slices go to the nearest slice, and a target grid coarser than
-  the contour spacing takes one plane per slice instead of XOR-ing neighbouring planes together.
-  Contour planes need not be evenly spaced (they follow real slice positions, rule 15): between two
-  planes up to 1.5x the median plane spacing apart each slice takes its nearest plane (midpoint
-  rule); across a wider gap (part of the structure not drawn) only slices within half the median
-  spacing of a plane are filled.
+- Rasterisation (`rasterise`, default `occupancy="volume"`): the mask keeps the contours' volume.
+  Each contour plane stands for a slab, midpoint to midpoint between neighbouring planes (half the
+  median plane spacing beyond the end planes and across a gap wider than 1.5x the median, i.e. a part
+  of the structure not drawn; a lone plane stands for its nearest slice). A voxel's fractional
+  occupancy = sum over planes of its in-plane coverage by the plane's polygons (even-odd: several
+  contours on one plane are XOR-ed, so an inner contour is a hole, the DICOM-RT convention; exact
+  along scanlines, 16 scanlines per voxel row) x the fraction of its thickness inside the plane's
+  slab. The mask = in each connected part of that occupancy, its rounded sum in voxels, taken as the
+  voxels of highest occupancy (ties: fuller neighbourhood, then lowest index) — the idea of
+  `imaging.grid.resample_mask`. So the volume is the polygon geometry's (area x slab) to within half
+  a voxel per part, on any grid (coarser or finer than the contour spacing, irregular contour planes
+  following real slice positions, rule 15), and the shape is the best-covered voxels. On the real
+  TCIA HNSCC structures over 20 cc the 2 mm mask is within 2 % of the polygon volume for all of them
+  (the voxel-centre rule: 85 %; benchmarks/REAL_SERIES_GEOMETRY.md).
+  `occupancy="centre"` is the textbook voxel-centre rule (skimage.draw.polygon, even-odd; each
+  target slice takes its nearest contour plane, `_plane_reach` for irregular planes), kept to
+  compare with other tools (dicompyler) that use it.
 - RTDOSE: Gy = stored value x DoseGridScaling (uint16 or uint32 frames); DoseUnits RELATIVE is refused
   (`RTDOSE_RELATIVE`). GridFrameOffsetVector may be relative (first value 0, offsets along the normal
   from ImagePositionPatient) or absolute (first value equal to the z of ImagePositionPatient, only
@@ -45,6 +50,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import SimpleITK as sitk
+from scipy import ndimage
 from skimage.draw import polygon as draw_polygon
 
 from rtmap_assets.config import SliceGeometry
@@ -233,48 +239,197 @@ def contour_bounds_mm(contours: Sequence[np.ndarray]) -> tuple[np.ndarray, np.nd
     return pts.min(axis=0), pts.max(axis=0)
 
 
-def rasterise(source: RTStruct | Sequence[np.ndarray], name: str | None, reference: sitk.Image) -> sitk.Image:
+def rasterise(source: RTStruct | Sequence[np.ndarray], name: str | None, reference: sitk.Image,
+              occupancy: str = "volume") -> sitk.Image:
     """uint8 0/1 mask of one structure on `reference`'s grid (see module docstring for the conventions).
 
+    `occupancy="volume"` (the pipeline's rule): as many voxels as the contours' volume on this grid, the
+    ones the contours cover most. `occupancy="centre"`: the voxels whose centre is inside (the textbook
+    rule of other tools, e.g. dicompyler; kept to compare with them).
     The contour planes must be slice planes of `reference` (e.g. axial contours on any grid whose third
     axis is the patient z axis); otherwise `PatientDataError('contour_not_in_slice_plane')`.
     """
+    if occupancy not in ("volume", "centre"):
+        raise ValueError(f"occupancy must be 'volume' or 'centre', not {occupancy!r}")
     contours = _contours_of(source, name)
-    size = reference.GetSize()
-    nx, ny, nz = size
+    nx, ny, nz = reference.GetSize()
     out = np.zeros((nz, ny, nx), dtype=np.uint8)
     if contours:
-        origin = np.asarray(reference.GetOrigin())
-        spacing = np.asarray(reference.GetSpacing())
-        direction = np.asarray(reference.GetDirection()).reshape(3, 3)
-        to_index = np.linalg.inv(direction) / spacing[:, None]  # continuous index = to_index @ (p - origin)
-        planes: dict[float, list[np.ndarray]] = {}
-        for pts in contours:
-            idx = (pts - origin) @ to_index.T
-            k = idx[:, 2]
-            if np.ptp(k) > 0.05:
-                raise PatientDataError("contour_not_in_slice_plane",
-                                       f"structure {name!r}: a contour is not in a slice plane of the target grid "
-                                       f"(spans {np.ptp(k):.2f} slices)")
-            planes.setdefault(round(float(k.mean()), 3), []).append(idx[:, :2])
-        keys = np.array(sorted(planes))
-        half = 0.5 * float(np.median(np.diff(keys))) if len(keys) > 1 else 0.0  # half plane spacing, slices
-        reach = max(half, 0.5)  # interior slices always take their nearest plane (no gaps on coarser grids)
-        targets = set(range(int(np.ceil(keys[0] - half - 1e-6)), int(np.floor(keys[-1] + half + 1e-6)) + 1))
-        if not targets:  # a structure thinner than the target spacing still lands on its nearest slice
-            targets = {int(round(k)) for k in keys}
-        plane_masks: dict[float, np.ndarray] = {}
-        for kz in sorted(t for t in targets if 0 <= t < nz):
-            j = int(np.argmin(np.abs(keys - kz)))
-            if abs(keys[j] - kz) > _plane_reach(keys, kz, half, reach) + 1e-6:
-                continue
-            key = float(keys[j])
-            if key not in plane_masks:
-                plane_masks[key] = _fill_plane(planes[key], nx, ny)
-            out[kz] = plane_masks[key]
+        planes = _planes_in_index_space(contours, reference, name)
+        if occupancy == "volume":
+            _fill_by_volume(out, planes)
+        else:
+            _fill_by_centre(out, planes)
     mask = sitk.GetImageFromArray(out)
     mask.CopyInformation(reference)
     return mask
+
+
+def _planes_in_index_space(contours: Sequence[np.ndarray], reference: sitk.Image,
+                           name: str | None) -> dict[float, list[np.ndarray]]:
+    """Contours in continuous (i, j) index coordinates of `reference`, keyed by their slice index k."""
+    origin = np.asarray(reference.GetOrigin())
+    spacing = np.asarray(reference.GetSpacing())
+    direction = np.asarray(reference.GetDirection()).reshape(3, 3)
+    to_index = np.linalg.inv(direction) / spacing[:, None]  # continuous index = to_index @ (p - origin)
+    planes: dict[float, list[np.ndarray]] = {}
+    for pts in contours:
+        idx = (pts - origin) @ to_index.T
+        k = idx[:, 2]
+        if np.ptp(k) > 0.05:
+            raise PatientDataError("contour_not_in_slice_plane",
+                                   f"structure {name!r}: a contour is not in a slice plane of the target grid "
+                                   f"(spans {np.ptp(k):.2f} slices)")
+        planes.setdefault(round(float(k.mean()), 3), []).append(idx[:, :2])
+    return planes
+
+
+def _fill_by_centre(out: np.ndarray, planes: dict[float, list[np.ndarray]]) -> None:
+    """Voxel-centre rule: each target slice takes its nearest contour plane (module docstring)."""
+    nz, ny, nx = out.shape
+    keys = np.array(sorted(planes))
+    half = 0.5 * float(np.median(np.diff(keys))) if len(keys) > 1 else 0.0  # half plane spacing, slices
+    reach = max(half, 0.5)  # interior slices always take their nearest plane (no gaps on coarser grids)
+    targets = set(range(int(np.ceil(keys[0] - half - 1e-6)), int(np.floor(keys[-1] + half + 1e-6)) + 1))
+    if not targets:  # a structure thinner than the target spacing still lands on its nearest slice
+        targets = {int(round(k)) for k in keys}
+    plane_masks: dict[float, np.ndarray] = {}
+    for kz in sorted(t for t in targets if 0 <= t < nz):
+        j = int(np.argmin(np.abs(keys - kz)))
+        if abs(keys[j] - kz) > _plane_reach(keys, kz, half, reach) + 1e-6:
+            continue
+        key = float(keys[j])
+        if key not in plane_masks:
+            plane_masks[key] = _fill_plane(planes[key], nx, ny)
+        out[kz] = plane_masks[key]
+
+
+def _plane_slabs(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(low, high) slice-index bounds of the slab each contour plane stands for.
+
+    Midpoint to midpoint between neighbouring planes; beyond the end planes, and across a gap wider than
+    1.5x the median plane spacing (a part of the structure not drawn), half the median spacing (the
+    same irregular-plane rule as `_plane_reach`). A single plane stands for its nearest slice.
+    """
+    if len(keys) == 1:
+        k = float(np.round(keys[0]))
+        return np.array([k - 0.5]), np.array([k + 0.5])
+    gaps = np.diff(keys)
+    median = float(np.median(gaps))
+    half_gaps = np.where(gaps <= 1.5 * median + 1e-6, gaps / 2, median / 2)
+    return keys - np.concatenate([[median / 2], half_gaps]), keys + np.concatenate([half_gaps, [median / 2]])
+
+
+def _fill_by_volume(out: np.ndarray, planes: dict[float, list[np.ndarray]]) -> None:
+    """Volume-faithful rule (module docstring): fractional occupancy, then its top-n voxels.
+
+    Occupancy of a voxel = sum over contour planes of (in-plane coverage of the voxel by the plane's
+    polygons, even-odd) x (fraction of the voxel's thickness inside the plane's slab). Its sum is the
+    contours' volume in voxels (polygon area x slab, exact up to `_SUBROWS` sampling across rows);
+    the mask = per connected part, that sum rounded, as the voxels of highest occupancy
+    (`_top_voxels`), so the volume is the geometry's and the shape is the best-covered voxels, the
+    rule of `imaging.grid.resample_mask` for mapped masks. Works on the contours' box only.
+    """
+    nz, ny, nx = out.shape
+    keys = np.array(sorted(planes))
+    low, high = _plane_slabs(keys)
+    boxes = []
+    for key, lo, hi in zip(keys, low, high):
+        k0, k1 = max(int(np.floor(lo + 0.5)), 0), min(int(np.ceil(hi - 0.5)), nz - 1)
+        pts = np.concatenate(planes[float(key)])
+        i0, i1 = max(int(np.floor(pts[:, 0].min() + 0.5)), 0), min(int(np.floor(pts[:, 0].max() + 0.5)), nx - 1)
+        j0, j1 = max(int(np.floor(pts[:, 1].min() + 0.5)), 0), min(int(np.floor(pts[:, 1].max() + 0.5)), ny - 1)
+        if k0 <= k1 and i0 <= i1 and j0 <= j1:
+            boxes.append((float(key), lo, hi, k0, k1, j0, j1, i0, i1))
+    if not boxes:
+        return
+    bk0, bj0, bi0 = (min(b[n] for b in boxes) for n in (3, 5, 7))
+    bk1, bj1, bi1 = (max(b[n] for b in boxes) for n in (4, 6, 8))
+    occ = np.zeros((bk1 - bk0 + 1, bj1 - bj0 + 1, bi1 - bi0 + 1))
+    for key, lo, hi, k0, k1, j0, j1, i0, i1 in boxes:
+        ks = np.arange(k0, k1 + 1)
+        weight = np.clip(np.minimum(ks + 0.5, hi) - np.maximum(ks - 0.5, lo), 0.0, None)
+        if not weight.any():
+            continue
+        cover = _plane_coverage(planes[key], i0, i1 - i0 + 1, j0, j1 - j0 + 1)
+        occ[k0 - bk0:k1 - bk0 + 1, j0 - bj0:j1 - bj0 + 1, i0 - bi0:i1 - bi0 + 1] += weight[:, None, None] * cover
+    chosen = _top_voxels(occ)
+    out[bk0:bk1 + 1, bj0:bj1 + 1, bi0:bi1 + 1] = chosen
+
+
+# Scanlines per voxel row; along a scanline the coverage is exact (interval lengths). 8 left thin cords
+# -0.3 % short on real 3 mm contour planes (the sampling error repeats on every plane), 16: +0.06 %.
+_SUBROWS = 16
+
+
+def _plane_coverage(polys: list[np.ndarray], i0: int, nxb: int, j0: int, nyb: int,
+                    subrows: int = _SUBROWS) -> np.ndarray:
+    """Fraction (0..1) of each voxel of the box [j0, j0+nyb) x [i0, i0+nxb) inside the polygons, even-odd.
+
+    Scanline: on `subrows` lines per voxel row, the crossings of all polygon edges (of all polygons
+    together: even-odd over every edge = XOR of their fills, so inner contours are holes) are paired
+    into covered intervals, whose length inside each voxel column is added exactly (a difference array
+    of the cumulative covered length). Cost ~ number of crossings + box size, not box x vertices.
+    """
+    start = np.concatenate(polys)
+    end = np.concatenate([np.roll(p, -1, axis=0) for p in polys])
+    u0, u1 = start[:, 0] - (i0 - 0.5), end[:, 0] - (i0 - 0.5)  # box-local: voxel column c = [c, c+1)
+    v0, v1 = (start[:, 1] - (j0 - 0.5)) * subrows, (end[:, 1] - (j0 - 0.5)) * subrows  # in sample rows
+    rows = nyb * subrows
+    lo, hi = np.minimum(v0, v1), np.maximum(v0, v1)
+    # sample row s is the line v = s + 0.5; an edge crosses it when lo <= s + 0.5 < hi (half-open)
+    s_lo = np.clip(np.ceil(lo - 0.5), 0, rows).astype(np.int64)
+    s_hi = np.clip(np.ceil(hi - 0.5), 0, rows).astype(np.int64)  # exclusive
+    count = np.maximum(s_hi - s_lo, 0)
+    cover = np.zeros((nyb, nxb))
+    if not count.any():
+        return cover
+    edge = np.repeat(np.arange(len(count)), count)
+    s = s_lo[edge] + (np.arange(len(edge)) - np.repeat(np.cumsum(count) - count, count))
+    t = (s + 0.5 - v0[edge]) / (v1[edge] - v0[edge])
+    x = u0[edge] + t * (u1[edge] - u0[edge])
+    order = np.lexsort((x, s))
+    s, x = s[order], x[order]
+    # every polygon is closed (last point -> first), so each sample row has an even number of crossings
+    row, a, b = s[0::2], np.clip(x[0::2], 0, nxb), np.clip(x[1::2], 0, nxb)
+    width = nxb + 1
+    idx, val = [], []
+    for pos, sign in ((a, 1.0), (b, -1.0)):
+        k0 = np.minimum(np.floor(pos), nxb - 1).astype(np.int64)
+        idx += [row * width + k0, row * width + k0 + 1]
+        val += [sign * (k0 + 1 - pos), sign * (pos - k0)]
+    diff = np.bincount(np.concatenate(idx), np.concatenate(val), minlength=rows * width).reshape(rows, width)
+    per_row = np.cumsum(diff, axis=1)[:, :nxb]
+    return per_row.reshape(nyb, subrows, nxb).mean(axis=1)
+
+
+def _top_voxels(occ: np.ndarray) -> np.ndarray:
+    """uint8 mask: in each connected part of the occupancy (26-connected), its rounded occupancy sum in
+    voxels, the ones of highest occupancy (ties: more occupied neighbourhood, then lowest index).
+
+    Per part, so that each island of a structure keeps its own volume: one global ranking lets the
+    islands' in-plane quantisation errors, repeated on every slice, trade volume between them.
+    """
+    value = np.round(occ, 6)  # voxels equal up to rounding are ties
+    support = value > 0
+    labels, parts = ndimage.label(support, structure=np.ones((3, 3, 3), dtype=bool))
+    chosen = np.zeros(occ.size, dtype=np.uint8)
+    if parts == 0:
+        return chosen.reshape(occ.shape)
+    lab, flat = labels.ravel(), value.ravel()
+    wanted = np.round(np.bincount(lab, weights=occ.ravel(), minlength=parts + 1)).astype(np.int64)
+    full = flat >= 1.0  # occupancy never exceeds 1 (slabs do not overlap), so every full voxel is kept
+    chosen[full] = 1
+    need = wanted - np.bincount(lab[full], minlength=parts + 1)
+    partial = np.flatnonzero(support.ravel() & ~full)
+    if len(partial) and (need > 0).any():
+        around = np.round(ndimage.uniform_filter(occ, size=3, mode="constant").ravel()[partial], 6)
+        order = np.lexsort((partial, -around, -flat[partial], lab[partial]))
+        ranked = partial[order]
+        part = lab[ranked]
+        rank = np.arange(len(ranked)) - np.searchsorted(part, part)
+        chosen[ranked[rank < need[part]]] = 1
+    return chosen.reshape(occ.shape)
 
 
 def _plane_reach(keys: np.ndarray, kz: float, half: float, reach: float) -> float:

@@ -1,7 +1,7 @@
 """Dose statistics per structure (rule 14). Conventions: docs/DOSIMETRY.md.
 
-- Occupancy: a voxel belongs to a structure when its mask value (rasterised at the voxel centre)
-  is set; each voxel carries the dose at its centre and the volume of one voxel.
+- Occupancy: a voxel belongs to a structure when its mask value (rasterised with the contours'
+  volume, rule 3) is set; each voxel carries the dose at its centre and the volume of one voxel.
 - Volume: voxel count × voxel volume, in cc.
 - Mean / min / max: over the voxel doses (float64 accumulation).
 - Dx (D98, D95, D50, D2): the minimum dose received by the hottest x % of the volume, read off the
