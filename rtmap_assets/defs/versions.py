@@ -27,7 +27,7 @@ from rtmap_assets.lake.contract import (
 )
 from rtmap_assets.pipeline import dosimetry_patient, imaging_patient
 
-IMAGING_CODE_VERSION = "imaging-2"  # mapped masks keep their volume (grid.resample_mask)
+IMAGING_CODE_VERSION = "imaging-3"  # structures rasterised volume-faithfully (readers.rasterise)
 DOSIMETRY_CODE_VERSION = "dosimetry-2"  # level-named CTVs, per-arm high CTV, sub-voxel sphere
 
 
