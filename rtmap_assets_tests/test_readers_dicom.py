@@ -238,6 +238,33 @@ def test_rtstruct_roundtrip_and_sphere_rasterisation(tmp_path):
         rasterise(rs, "Nope", ref)
 
 
+@pytest.mark.parametrize("implicit_vr", [False, True])
+def test_contour_data_parsed_from_raw_bytes_equals_pydicom(tmp_path, implicit_vr):
+    """ContourData is parsed from the element's bytes (not pydicom's per-value DSfloat): the same float64
+    values to the last bit for every textual form a DS may take (exponents, signs, padding, 16 characters),
+    in explicit and implicit VR files; an item pydicom has already converted goes through pydicom."""
+    values = ["1.5", "-0.0", "+2", "1e-3", "-1.25E+02", " 3.25", "0.1", "-123.456789012", "7",
+              "1.0000000000001", "12345678.9012345", ".5"]
+    path = write_rtstruct(tmp_path / "rs.dcm", {"A": [np.zeros((4, 3))]})
+    ds = pydicom.dcmread(str(path))
+    ds.ROIContourSequence[0].ContourSequence[0].ContourData = values
+    if implicit_vr:
+        ds.file_meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian
+        ds.is_implicit_VR = True
+    ds.save_as(str(path), write_like_original=False)
+    got = read_rtstruct(path).contours["A"][0]
+    expected = np.asarray(pydicom.dcmread(str(path)).ROIContourSequence[0].ContourSequence[0].ContourData,
+                          dtype=float).reshape(-1, 3)
+    assert got.shape == (4, 3) and np.array_equal(got.view(np.int64), expected.view(np.int64))
+    assert got[0, 1] == 0.0 and np.signbit(got[0, 1]) and got[1, 1] == -125.0
+
+    from rtmap_assets.dicom.readers import _contour_points
+
+    item = pydicom.dcmread(str(path)).ROIContourSequence[0].ContourSequence[0]
+    _ = item.ContourData  # converted by pydicom: no raw bytes left
+    assert np.array_equal(_contour_points(item), expected)
+
+
 def test_ring_with_hole_is_even_odd():
     contours = []
     for z in (0.0, 1.0, 2.0):
