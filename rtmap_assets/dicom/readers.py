@@ -99,10 +99,37 @@ def _slice_geometry_of(ds: pydicom.Dataset, file: str) -> tuple[np.ndarray, np.n
     return iop, ipp
 
 
-def _rescaled(ds: pydicom.Dataset) -> np.ndarray:
+# Uncompressed little-endian transfer syntaxes (implicit / explicit VR): the pixel bytes are the array.
+_NATIVE_LITTLE_ENDIAN = ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1")
+
+
+def _stored_pixels(ds: pydicom.Dataset) -> np.ndarray:
+    """The slice's stored values (rows, columns), as `ds.pixel_array` gives them.
+
+    Uncompressed little-endian greyscale slices are viewed straight from the PixelData bytes (pydicom's
+    handler does the same `frombuffer` after ~20 attribute look-ups and checks per slice); anything else
+    (compressed, big endian, colour, 1-bit, short data) goes through `pixel_array`."""
+    rows, cols = int(ds.Rows), int(ds.Columns)
+    bits = int(getattr(ds, "BitsAllocated", 0) or 0)
+    ts = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", ""))
+    if ts in _NATIVE_LITTLE_ENDIAN and bits in (8, 16, 32) and int(getattr(ds, "SamplesPerPixel", 1) or 1) == 1:
+        data = ds.get("PixelData")
+        if isinstance(data, (bytes, bytearray)) and len(data) >= rows * cols * bits // 8:
+            kind = "i" if int(getattr(ds, "PixelRepresentation", 0) or 0) else "u"
+            return np.frombuffer(data, dtype=f"<{kind}{bits // 8}", count=rows * cols).reshape(rows, cols)
+    return ds.pixel_array
+
+
+def _rescale_into(ds: pydicom.Dataset, out: np.ndarray) -> None:
+    """stored x RescaleSlope + RescaleIntercept in float32, written into `out` (no per-slice temporaries).
+    The same float32 operations as `stored.astype(float32) * slope + intercept`, so the same bits."""
     slope = float(getattr(ds, "RescaleSlope", 1.0) or 1.0)
     intercept = float(getattr(ds, "RescaleIntercept", 0.0) or 0.0)
-    return ds.pixel_array.astype(np.float32) * np.float32(slope) + np.float32(intercept)
+    out[...] = _stored_pixels(ds)  # exact: stored integers are cast to float32 as astype does
+    if slope != 1.0:
+        out *= np.float32(slope)
+    if intercept != 0.0:
+        out += np.float32(intercept)
 
 
 def read_image_series(paths: Iterable[str | Path], geometry: SliceGeometry | None = None) -> sitk.Image:
@@ -152,7 +179,7 @@ def read_image_series_with_layout(paths: Iterable[str | Path], geometry: SliceGe
     sg.check_not_tilted(ipp, normal, cfg.max_tilt_deg, file=files[0])
     volume = np.empty((len(slices), rows, cols), dtype=np.float32)
     for k, ds in enumerate(slices):
-        volume[k] = _rescaled(ds)
+        _rescale_into(ds, volume[k])
     layout = sg.classify_positions(along, cfg, pixels=volume, file=files[0])
     if layout.dropped_duplicates:
         volume = volume[layout.kept]  # (a copy: only when something was dropped)
