@@ -196,27 +196,6 @@ def test_mi_plus_smoothness_gradient_matches_central_finite_differences():
     assert err_global < 5e-3 and err_big < 5e-3, (err_global, err_big)
 
 
-def test_objective_blocks_and_threads_change_no_bit(monkeypatch):
-    """The objective's per-sample and per-node work runs in fixed row blocks, on two threads in the pipeline:
-    value and gradient equal those of one block computed serially, bit for bit (rows are independent)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    import rtmap_assets.imaging.registration.bspline_mi as bmi
-
-    monkeypatch.setattr(bmi, "OBJECTIVE_BLOCKS", 1)
-    whole, x0 = _objective(3e-5)
-    monkeypatch.setattr(bmi, "OBJECTIVE_BLOCKS", 2)
-    split, _ = _objective(3e-5)
-    assert len(whole._sample_blocks) == 1 and len(split._sample_blocks) == 2 and len(split._node_blocks) == 2
-    v1, g1 = whole.value_and_grad(x0)
-    v2, g2 = split.value_and_grad(x0)
-    with ThreadPoolExecutor(2) as pool:
-        split.pool = pool
-        v3, g3 = split.value_and_grad(x0)
-    assert v1 == v2 == v3 and np.any(g1 != 0)
-    assert np.array_equal(g1.view(np.int64), g2.view(np.int64)) and np.array_equal(g1.view(np.int64), g3.view(np.int64))
-
-
 def test_smoothness_penalty_adds_its_exact_gradient():
     plain, x0 = _objective(0.0)
     smooth, _ = _objective(2e-3)

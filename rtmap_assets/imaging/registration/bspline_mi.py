@@ -13,8 +13,6 @@ checked against finite differences; `optimise_bspline_mi` minimises it.
 from __future__ import annotations
 
 import logging
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -28,8 +26,6 @@ log = logging.getLogger(__name__)
 
 # Parzen window padding (bins) either side of the moving intensity range, as ITK's Mattes metric.
 HISTOGRAM_PAD = 2
-# The objective's per-sample and per-node work in this many fixed row blocks (two cores on the target machine).
-OBJECTIVE_BLOCKS = 2
 
 
 def _cubic_bspline(x: np.ndarray) -> np.ndarray:
@@ -213,44 +209,17 @@ class BsplineMiObjective:
     laplacian: Any  # sparse (rows, nodes)
     smoothness: float  # weight of the Laplacian penalty (mm^-2)
     n_nodes: int
-    # Executor whose `map` runs the per-sample and per-node blocks below (None: one after the other). The
-    # blocks are fixed (`OBJECTIVE_BLOCKS`), so the result is the same whatever runs them.
-    pool: Any = None
-
-    def __post_init__(self) -> None:
-        # Row blocks of the sample-side work (displacement, moving image) and of the node-side gradient
-        # product: each row of a CSR product and each sample is computed on its own, so splitting rows
-        # changes no bit; the two blocks can then run on two cores (the work releases the GIL).
-        n, nodes = len(self.points_mm), self.weights_t.shape[0]
-        cuts = np.linspace(0, n, OBJECTIVE_BLOCKS + 1).astype(int)
-        self._sample_blocks = [(int(a), int(b), self.weights[a:b]) for a, b in zip(cuts[:-1], cuts[1:])]
-        cuts = np.linspace(0, nodes, OBJECTIVE_BLOCKS + 1).astype(int)
-        self._node_blocks = [self.weights_t[a:b] for a, b in zip(cuts[:-1], cuts[1:])]
-
-    def _map(self, fn, items):
-        return list(self.pool.map(fn, items)) if self.pool is not None else [fn(i) for i in items]
-
-    def _moving_at_samples(self, coef: np.ndarray):
-        """Moving intensity, its gradient and inside flags at rigid(p + u(p)) for every sample, by blocks."""
-        pts, a_mat = self.points_mm, self.rigid_matrix
-        centre, trans = self.rigid_centre_mm, self.rigid_translation_mm
-
-        def block(item):
-            a, b, amat = item
-            m = (pts[a:b] + amat @ coef - centre) @ a_mat.T + centre + trans
-            return self.moving_sampler(m)
-
-        parts = self._map(block, self._sample_blocks)
-        return tuple(np.concatenate([p[k] for p in parts]) for k in range(3))
 
     def value_and_grad(self, x: np.ndarray) -> tuple[float, np.ndarray]:
-        fbin = self.fixed_bin
-        a_mat = self.rigid_matrix
+        pts, amat, fbin = self.points_mm, self.weights, self.fixed_bin
+        a_mat, centre, trans = self.rigid_matrix, self.rigid_centre_mm, self.rigid_translation_mm
         mlo, mhi, mwidth = self.moving_lo, self.moving_hi, self.moving_bin_width
         nb, pad, lam, lap = self.n_bins_padded, HISTOGRAM_PAD, self.smoothness, self.laplacian
         offs = np.arange(-1, 3)
         coef = x.reshape(3, self.n_nodes).T  # ITK parameter order: all x, then all y, then all z
-        mval, mgrad, inside = self._moving_at_samples(coef)
+        u = amat @ coef
+        m = (pts + u - centre) @ a_mat.T + centre + trans
+        mval, mgrad, inside = self.moving_sampler(m)
         t = (np.clip(mval, mlo, mhi) - mlo) / mwidth + pad
         t0 = np.floor(t).astype(np.int64)
         jb = t0[:, None] + offs[None]  # (N,4) moving bins touched
@@ -271,7 +240,7 @@ class BsplineMiObjective:
         in_range = (mval > mlo) & (mval < mhi)
         dmi_dm = (dmi_dt * in_range / mwidth)[:, None] * mgrad  # (N,3) d MI / d moving point
         dmi_du = dmi_dm @ a_mat  # chain through the rigid matrix
-        grad_coef = np.concatenate(self._map(lambda wt: wt @ dmi_du, self._node_blocks))  # (nodes, 3)
+        grad_coef = self.weights_t @ dmi_du  # (nodes, 3)
         cost = -mi
         grad = -grad_coef
         if lam > 0:
@@ -353,13 +322,8 @@ def optimise_bspline_mi(fixed: sitk.Image, moving: sitk.Image, rigid: sitk.Euler
                                      smoothness=s.bspline_smoothness, moving_margin_mm=s.bspline_moving_margin_mm,
                                      seed=s.seed, smooth_mm=smooth_mm, n_samples=n_samples)
     params = np.asarray(bspline.GetParameters(), dtype=float)
-    # The registration's thread count (register() sets SimpleITK's global default for its duration).
-    threads = min(OBJECTIVE_BLOCKS, max(1, sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()))
-    with ThreadPoolExecutor(threads) if threads > 1 else nullcontext() as pool:
-        objective.pool = pool
-        res = optimize.minimize(objective.value_and_grad, params, jac=True, method="L-BFGS-B",
-                                options={"maxiter": iterations, "maxcor": 7, "ftol": 1e-7, "gtol": 1e-7})
-        objective.pool = None
+    res = optimize.minimize(objective.value_and_grad, params, jac=True, method="L-BFGS-B",
+                            options={"maxiter": iterations, "maxcor": 7, "ftol": 1e-7, "gtol": 1e-7})
     params = res.x
     log.debug("bspline level smooth=%s: %s iterations, -MI %.4f (%s)", smooth_mm, res.nit, res.fun, res.message)
     bspline.SetParameters(tuple(float(v) for v in params))
