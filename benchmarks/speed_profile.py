@@ -9,6 +9,10 @@
     .venv/bin/python benchmarks/speed_profile.py compare --work /tmp/speed/data --seeds 1 2 3 \
         --tree old=/tmp/speed/base --tree new=.
 
+    # fresh-process cost of importing the per-patient path (bytecode caches or not), N processes
+    .venv/bin/python benchmarks/speed_profile.py imports --repeats 3
+    PYTHONPYCACHEPREFIX=$(mktemp -d) .venv/bin/python benchmarks/speed_profile.py imports   # as without .pyc
+
 Each compared run reports the 1-min load average before it, DICOM -> mapped seconds (read + grid +
 registration + mapping), the whole run_imaging seconds (with QC and NIfTI writes), run_dosimetry seconds,
 TRE mean/max and recurrence Dice against the known warp (`rtmap_synth.evaluation.evaluate_imaging_dir` on
@@ -116,6 +120,26 @@ def cmd_child(args: argparse.Namespace) -> None:
     print("RESULT " + json.dumps(r))
 
 
+IMPORTS = ("polars", "rtmap_assets.config", "rtmap_assets.dosimetry.uncertainty",
+           "rtmap_assets.pipeline.dosimetry_patient", "rtmap_assets.pipeline.imaging_patient",
+           "rtmap_assets.pipeline.volumes", "rtmap_synth.evaluation")  # what benchmarks/pipeline_path.py imports
+
+
+def cmd_imports(args: argparse.Namespace) -> None:
+    """Wall and CPU seconds of a fresh interpreter importing the per-patient path, `--repeats` times (with
+    PYTHONDONTWRITEBYTECODE=1 and no .pyc files, every module is compiled again in every process)."""
+    code = ("import time; t = time.perf_counter()\n" + "".join(f"import {m}\n" for m in IMPORTS)
+            + "import sys; print(time.perf_counter() - t, time.process_time(), "
+              "sum(m.startswith(('plotly', 'dagster')) for m in sys.modules))")
+    for k in range(args.repeats):
+        load = os.getloadavg()[0]
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                             cwd=str(HERE.parent)).stdout.split()
+        print(f"run {k + 1}: load1 {load:.2f}, imports {float(out[0]):.2f} s wall, process CPU {float(out[1]):.2f} s, "
+              f"plotly/dagster modules loaded: {out[2]}; "
+              f"PYTHONDONTWRITEBYTECODE={os.environ.get('PYTHONDONTWRITEBYTECODE')}", flush=True)
+
+
 def cmd_compare(args: argparse.Namespace) -> None:
     trees = [t.split("=", 1) for t in args.tree]
     results = []
@@ -197,8 +221,11 @@ def main() -> None:
     a.add_argument("--threads", type=int, default=2)
     a.add_argument("--repeats", type=int, default=1)
     a.add_argument("--json")
+    a = sub.add_parser("imports")
+    a.add_argument("--repeats", type=int, default=3)
     args = p.parse_args()
-    {"prepare": cmd_prepare, "profile": cmd_profile, "child": cmd_child, "compare": cmd_compare}[args.cmd](args)
+    {"prepare": cmd_prepare, "profile": cmd_profile, "child": cmd_child, "compare": cmd_compare,
+     "imports": cmd_imports}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -157,3 +157,40 @@ def test_signed_distance_puts_the_surface_half_way_between_voxel_centres():
     img.SetSpacing((2.0, 2.0, 2.0))
     d = sitk.GetArrayFromImage(signed_distance_mm(img)).ravel()
     assert d.tolist() == [6.0, 4.0, 2.0, -2.0, -4.0, -2.0, 2.0, 4.0, 6.0]
+
+
+def test_map_mask_box_when_the_corners_cannot_be_inverted(monkeypatch):
+    """When Newton cannot pull a corner of the structure's box back (a kink of the field, e.g. at the edge
+    of the B-spline grid), the box comes from the forward field on a coarse lattice instead of the whole
+    grid: the same mask as a resample of the whole grid, on a box a fraction of the grid's size."""
+    import rtmap_assets.imaging.mapping as mapping
+
+    src = image(raster(SHAPES["ellipsoid 6/9/12"]))
+    t = euler(2, -3, 4, (3.1, -2.2, 1.7))
+    whole = sitk.GetArrayFromImage(resample_mask(src, grid(), t))
+
+    def no_inverse(*args, **kwargs):
+        raise ValueError("point inversion did not converge")
+
+    sizes = []
+    real_resample_mask = mapping.resample_mask
+    monkeypatch.setattr(mapping, "invert_points", no_inverse)
+    monkeypatch.setattr(mapping, "resample_mask",
+                        lambda m, ref, tr: sizes.append(ref.GetSize()) or real_resample_mask(m, ref, tr))
+    mapped = sitk.GetArrayFromImage(map_mask(src, t, grid()))
+    assert np.array_equal(mapped, whole) and mapped.sum() > 100
+    assert len(sizes) == 1 and np.prod(sizes[0]) < 0.3 * N**3  # a box, not the whole grid
+
+
+def test_pullback_points_land_in_the_box():
+    from rtmap_assets.imaging.mapping import _pullback_points
+
+    t = sitk.TranslationTransform(3, (10.0, -6.0, 4.0))  # reference point p -> p + shift
+    lo, hi = np.array([-5.0, -5.0, -5.0]), np.array([5.0, 5.0, 5.0])
+    p = _pullback_points(t, grid(), lo, hi)
+    q = p + np.array([10.0, -6.0, 4.0])
+    assert p is not None and len(p) > 8
+    assert np.all(q >= lo - 4.0) and np.all(q <= hi + 4.0)  # lattice spacing 4 mm: the widening
+    assert np.all(p.min(axis=0) <= lo - np.array([10.0, -6.0, 4.0]) + 4.0)  # the whole pulled-back box
+    assert np.all(p.max(axis=0) >= hi - np.array([10.0, -6.0, 4.0]) - 4.0)
+    assert _pullback_points(t, grid(), lo + 500.0, hi + 500.0) is None

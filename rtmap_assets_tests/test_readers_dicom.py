@@ -144,6 +144,49 @@ def test_series_sorted_by_position_and_rescaled(tmp_path):
     assert arr[:, 0, 0] == pytest.approx(vol[:, 0, 0])  # slice order follows z, HU after slope/intercept
 
 
+@pytest.mark.parametrize("form", ["uint16 slope 1", "int16 slope 0.37", "int32 implicit VR", "12 of 16 bits signed",
+                                  "8 bits", "RLE compressed"])
+def test_series_pixels_equal_pydicoms_pixel_array_rescaled(tmp_path, form):
+    """The series reader views uncompressed little-endian pixel bytes directly and rescales in place: the
+    volume equals the former `pixel_array.astype(float32) * slope + intercept` bit for bit, for signed,
+    unsigned, 8/16/32-bit, implicit-VR and (through pydicom's handler) compressed slices."""
+    from pydicom.uid import ImplicitVRLittleEndian, RLELossless
+
+    from rtmap_assets.dicom.readers import _stored_pixels
+
+    rng = np.random.default_rng(5)
+    bits, signed, slope, intercept = {
+        "uint16 slope 1": (16, 0, 1.0, -1024.0), "int16 slope 0.37": (16, 1, 0.37, -10.25),
+        "int32 implicit VR": (32, 1, 1.5, 3.0), "12 of 16 bits signed": (16, 1, 1.0, 0.0),
+        "8 bits": (8, 0, 4.0, -512.0), "RLE compressed": (16, 1, 0.5, -1000.0)}[form]
+    files = write_ct(tmp_path, np.zeros((4, 6, 5), np.float32), slope=slope, intercept=intercept)
+    expected = {}
+    for p in files:
+        ds = pydicom.dcmread(str(p))
+        lo, hi = (-(2 ** (bits - 1)), 2 ** (bits - 1)) if signed else (0, 2**bits)
+        if form == "12 of 16 bits signed":
+            lo, hi = -2048, 2048
+        stored = rng.integers(lo, hi, size=(6, 5)).astype(f"{'i' if signed else 'u'}{bits // 8}")
+        stored_bits = 12 if "12" in form else bits
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit = bits, stored_bits, stored_bits - 1
+        ds.PixelRepresentation = signed
+        ds.PixelData = stored.tobytes()
+        if form == "int32 implicit VR":
+            ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+            ds.is_implicit_VR = True
+        if form == "RLE compressed":
+            ds.compress(RLELossless)
+        ds.save_as(str(p), write_like_original=False)
+        ds = pydicom.dcmread(str(p))
+        assert np.array_equal(_stored_pixels(ds), ds.pixel_array) and _stored_pixels(ds).dtype == ds.pixel_array.dtype
+        z = float(ds.ImagePositionPatient[2])
+        expected[z] = ds.pixel_array.astype(np.float32) * np.float32(slope) + np.float32(intercept)
+    got = sitk.GetArrayFromImage(read_image_series(files))
+    want = np.stack([expected[z] for z in sorted(expected)])
+    assert got.dtype == np.float32 and np.array_equal(got.view(np.uint32), want.view(np.uint32))
+    assert len(np.unique(got)) > 20  # real, varied values were compared
+
+
 def test_missing_slice_is_a_clear_error(tmp_path):
     vol = np.zeros((6, 4, 4), np.float32)
     zs = [0.0, 2.0, 4.0, 8.0, 10.0, 12.0]  # 6.0 is missing
@@ -236,6 +279,33 @@ def test_rtstruct_roundtrip_and_sphere_rasterisation(tmp_path):
     assert sitk.GetArrayFromImage(rasterise(rs, "Empty", ref)).sum() == 0
     with pytest.raises(PatientDataError):
         rasterise(rs, "Nope", ref)
+
+
+@pytest.mark.parametrize("implicit_vr", [False, True])
+def test_contour_data_parsed_from_raw_bytes_equals_pydicom(tmp_path, implicit_vr):
+    """ContourData is parsed from the element's bytes (not pydicom's per-value DSfloat): the same float64
+    values to the last bit for every textual form a DS may take (exponents, signs, padding, 16 characters),
+    in explicit and implicit VR files; an item pydicom has already converted goes through pydicom."""
+    values = ["1.5", "-0.0", "+2", "1e-3", "-1.25E+02", " 3.25", "0.1", "-123.456789012", "7",
+              "1.0000000000001", "12345678.9012345", ".5"]
+    path = write_rtstruct(tmp_path / "rs.dcm", {"A": [np.zeros((4, 3))]})
+    ds = pydicom.dcmread(str(path))
+    ds.ROIContourSequence[0].ContourSequence[0].ContourData = values
+    if implicit_vr:
+        ds.file_meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian
+        ds.is_implicit_VR = True
+    ds.save_as(str(path), write_like_original=False)
+    got = read_rtstruct(path).contours["A"][0]
+    expected = np.asarray(pydicom.dcmread(str(path)).ROIContourSequence[0].ContourSequence[0].ContourData,
+                          dtype=float).reshape(-1, 3)
+    assert got.shape == (4, 3) and np.array_equal(got.view(np.int64), expected.view(np.int64))
+    assert got[0, 1] == 0.0 and np.signbit(got[0, 1]) and got[1, 1] == -125.0
+
+    from rtmap_assets.dicom.readers import _contour_points
+
+    item = pydicom.dcmread(str(path)).ROIContourSequence[0].ContourSequence[0]
+    _ = item.ContourData  # converted by pydicom: no raw bytes left
+    assert np.array_equal(_contour_points(item), expected)
 
 
 def test_ring_with_hole_is_even_odd():

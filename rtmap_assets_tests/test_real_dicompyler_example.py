@@ -182,3 +182,23 @@ def test_dose_reader_scaling_on_the_real_grid(raw: Path):
     assert float(arr.max()) == pytest.approx(14.6808, abs=1e-4)
     assert dose.GetOrigin() == pytest.approx((-228.6541915, -419.2444776, -122.4407))
     assert arr.dtype == np.float32
+
+
+def test_contour_points_equal_pydicoms_values_to_the_last_bit(raw: Path, rtss):
+    """read_rtstruct parses ContourData from the raw bytes (speed); on this real export every coordinate
+    of every contour equals what pydicom's own DS conversion gives, bit for bit."""
+    import pydicom
+
+    ds = pydicom.dcmread(str(raw / "DC" / "example" / "rtss.dcm"))
+    names = {int(r.ROINumber): str(r.ROIName) for r in ds.StructureSetROISequence}
+    points = 0
+    for rc in ds.ROIContourSequence:
+        expected = [np.asarray(c.ContourData, dtype=float).reshape(-1, 3) for c in getattr(rc, "ContourSequence", [])
+                    if str(c.ContourGeometricType).upper() == "CLOSED_PLANAR" and len(c.ContourData) >= 9]
+        got = rtss.contours[names[int(rc.ReferencedROINumber)]]
+        assert len(got) == len(expected)
+        for a, b in zip(got, expected):
+            assert a.dtype == np.float64 and a.shape == b.shape
+            assert np.array_equal(a.view(np.int64), b.view(np.int64))
+            points += len(a)
+    assert points > 10_000  # the contours were really compared

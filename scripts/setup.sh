@@ -28,6 +28,14 @@ if [ "${RTMAP_SYSTEM_PACKAGES:-0}" = 1 ]; then
   fi
 fi
 
+# Bytecode once, here: with PYTHONDONTWRITEBYTECODE=1 (this environment) and uv's default of installing
+# without .pyc, every fresh process (each Dagster step, each benchmark child) recompiled every module it
+# imported: ~6 s of CPU before a patient's work, 2 s with the caches (benchmarks/SPEED.md, round 2).
+# Up-to-date files are skipped, so a re-run costs seconds; rtmap's own sources are recompiled in memory
+# when edited (the .pyc is only used while its source mtime matches).
+.venv/bin/python -m compileall -q -j 0 "$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" \
+  rtmap_assets rtmap_synth benchmarks >/dev/null || echo "compileall: some files did not compile (ignored)"
+
 # dagster-dbt reads the dbt manifest when the code location loads: build it once here (offline).
 (cd dbt_models && DBT_SEND_ANONYMOUS_USAGE_STATS=false ../.venv/bin/dbt parse --quiet --profiles-dir .)
 echo "rtmap set up in .venv ($(.venv/bin/python --version))"

@@ -23,7 +23,6 @@ from functools import cache
 
 import numpy as np
 import SimpleITK as sitk
-from scipy.stats import qmc
 
 from rtmap_assets.errors import PatientDataError
 from rtmap_assets.imaging.mapping import mask_centroid_mm  # the one definition (imaging stage)
@@ -81,6 +80,8 @@ SPHERE_SAMPLES_LOG2 = 14
 @cache
 def unit_ball_points() -> np.ndarray:
     """(N, 3) points filling the unit ball uniformly (read-only; N = SPHERE_SAMPLES)."""
+    from scipy.stats import qmc  # here: scipy.stats costs ~0.5 s of CPU in every process that imports this module
+
     u = qmc.Sobol(d=3, scramble=False).random_base2(SPHERE_SAMPLES_LOG2) * 2.0 - 1.0
     u = u[np.einsum("ij,ij->i", u, u) <= 1.0]
     pts = np.vstack([u, -u])
@@ -88,7 +89,12 @@ def unit_ball_points() -> np.ndarray:
     return pts
 
 
-SPHERE_SAMPLES = int(unit_ball_points().shape[0])
+def __getattr__(name: str):
+    # SPHERE_SAMPLES on first use, not at import: the imaging step imports this module for dose_support_mask
+    # only, and computing the points at import pulled scipy.stats into every imaging-step process.
+    if name == "SPHERE_SAMPLES":
+        return int(unit_ball_points().shape[0])
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def sphere_sample_points(centre_mm: np.ndarray | tuple[float, float, float], radius_mm: float) -> np.ndarray:

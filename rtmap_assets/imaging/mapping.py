@@ -67,6 +67,28 @@ def invert_points(transform: sitk.Transform, moving_pts: np.ndarray, *, tol_mm: 
     return p
 
 
+def _pullback_points(transform: sitk.Transform, reference: sitk.Image, lo_mm: np.ndarray, hi_mm: np.ndarray,
+                     step: int = 2) -> np.ndarray | None:
+    """Reference points (every `step`-th voxel, forward transform only) that land in the box [lo, hi] widened
+    by the lattice's own spacing; None when there are none. A stand-in for the pulled-back corners of
+    `map_mask`'s box when they cannot be inverted: it needs no inverse, only the forward field."""
+    coarse = sitk.Image([max(1, -(-int(n) // step)) for n in reference.GetSize()], sitk.sitkUInt8)
+    coarse.SetOrigin(reference.GetOrigin())
+    coarse.SetSpacing(tuple(float(v) * step for v in reference.GetSpacing()))
+    coarse.SetDirection(reference.GetDirection())
+    to_field = sitk.TransformToDisplacementFieldFilter()
+    to_field.SetReferenceImage(coarse)
+    to_field.SetOutputPixelType(sitk.sitkVectorFloat64)
+    disp = sitk.GetArrayFromImage(to_field.Execute(transform)).reshape(-1, 3)  # x, y, z components
+    kji = np.indices(coarse.GetSize()[::-1]).reshape(3, -1).T
+    a = np.asarray(coarse.GetDirection(), dtype=float).reshape(3, 3) @ np.diag(coarse.GetSpacing())
+    p = np.asarray(coarse.GetOrigin()) + kji[:, ::-1] @ a.T
+    widen = float(np.max(coarse.GetSpacing()))
+    q = p + disp
+    inside = np.all((q >= np.asarray(lo_mm) - widen) & (q <= np.asarray(hi_mm) + widen), axis=1)
+    return p[inside] if inside.any() else None
+
+
 def map_mask(mask: sitk.Image, transform: sitk.Transform, reference: sitk.Image, *,
              margin_mm: float = 15.0) -> sitk.Image:
     """Relapse mask -> planning grid `reference` through `transform` (planning -> relapse).
@@ -87,7 +109,11 @@ def map_mask(mask: sitk.Image, transform: sitk.Transform, reference: sitk.Image,
     try:
         back = invert_points(transform, corners, tol_mm=0.05)
     except ValueError:
-        return resample_mask(mask, reference, transform)
+        # Newton fails where the field has a kink, e.g. a corner pulled back onto the edge of the B-spline
+        # grid (a spinal cord longer than the planning scan): the whole grid then cost ~4 s per structure.
+        back = _pullback_points(transform, reference, corners.min(axis=0), corners.max(axis=0))
+        if back is None:
+            return resample_mask(mask, reference, transform)
     lo = back.min(axis=0) - margin_mm
     hi = back.max(axis=0) + margin_mm
     ref_lo = np.asarray(reference.GetOrigin())
