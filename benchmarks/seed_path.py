@@ -24,7 +24,6 @@ Run as a child process (one JSON line `RESULT {...}` on stdout):
 from __future__ import annotations
 
 import argparse
-import fnmatch
 import json
 import logging
 import sys
@@ -61,12 +60,14 @@ def _structure_sets(study) -> list:
     return out
 
 
-# The seed notebook's recurrence name patterns (case-insensitive shell patterns).
-RECURRENCE_PATTERNS = ("rec_ct", "rec_mr", "*recurrence*")
+def _recurrence_name(names: list[str]) -> str | None:
+    """The recurrence ROI by the trial's alias patterns (the seed notebook configured its own per trial,
+    e.g. 'Rec_CT', '*recurrence*'; the synthetic exports vary the name)."""
+    from rtmap_assets.config import load_trial_config
+    from rtmap_assets.naming import first_match
 
-
-def _is_recurrence(name: str) -> bool:
-    return any(fnmatch.fnmatch(name.lower(), p) for p in RECURRENCE_PATTERNS)
+    hit = first_match(names, load_trial_config().aliases.recurrence)
+    return hit[0] if hit else None
 
 
 def run_seed_path(export: Path, workdir: Path, truth: dict | None = None) -> dict:
@@ -125,16 +126,19 @@ def run_seed_path(export: Path, workdir: Path, truth: dict | None = None) -> dic
     timings["transform_s"] = time.perf_counter() - t
     if len(nonempty) < len(rel_names):
         caught_text = "; ".join(sorted({str(w.message)[:160] for w in caught}))[:600]
+        log = workdir / "reg" / "transformix.log"
+        errors = sorted({line.split("Description:", 1)[1].strip()[:200] for line in
+                         (log.read_text(errors="replace").splitlines() if log.exists() else []) if "Description:" in line})
         notes.append(f"structure transform returned {len(nonempty)} non-empty of {len(rel_names)} relapse ROIs "
                      f"({len(mapped_names)} ROIs in the result)" + (f"; warnings: {caught_text}" if caught_text else "")
-                     + "; see reg/transformix.log")
+                     + (f"; transformix: {' / '.join(errors)}" if errors else "; see reg/transformix.log"))
 
     t = time.perf_counter()
     dose_data = dose.get_data()
     dose_max_gy = float(dose_data.max())
     centroid_dose_gy = None
     centroid_mm = None
-    rec = [n for n in nonempty if _is_recurrence(n)]
+    rec = [n for n in [_recurrence_name(nonempty)] if n]
     if rec:
         pos = mapped.get_roi(rec[0]).get_centroid()
         centroid_mm = [float(v) for v in pos]
