@@ -163,7 +163,9 @@ def queries(lake) -> dict[str, tuple[str, str]]:
     rc = lake_scan_sql(lake, RECURRENCE_CLASSIFICATION)
     return {
         "README: select * from patient_summary": ("duckdb", "select * from patient_summary"),
-        "README: select * from <lake recurrence_classification>": ("lake", f"select * from {rc}"),
+        # The README's direct-lake example, then every column of the same table.
+        "README: classes from the lake's recurrence_classification": (
+            "lake", f"select patient_id, level, volume_class, dawson_class from {rc}"),
         "classes per arm x level (staging view)": (
             "duckdb", "select arm, level, volume_class, count(*) n from stg_recurrence_classification "
                       "where level_present group by all order by all"),
@@ -190,6 +192,7 @@ def queries(lake) -> dict[str, tuple[str, str]]:
             "lake", f"select q.patient_id, q.landmark_distance_mm, d.d95_gy "
                     f"from {lake_scan_sql(lake, REGISTRATION_QC)} q "
                     f"join {lake_scan_sql(lake, DOSE_STATISTICS)} d using (patient_id) where d.role = 'sphere'"),
+        "every column of recurrence_classification, direct on the lake": ("lake", f"select * from {rc}"),
     }
 
 

@@ -328,6 +328,8 @@ def render(res: dict) -> str:
                   "| size | patients | full run s | patients/hour (whole run) | patients/hour (patient_jobs only) | "
                   "median patient_job s | cohort_job s | load before → after |", "|---|---|---|---|---|---|---|---|"]
         for label, e in parts["e"].items():
+            if not isinstance(e, dict):  # e.g. "reused_from"
+                continue
             lines.append(f"| {label} | {e['patients']} | {_f(e['full_run_s'])} | {e['patients_per_hour']:.0f} | "
                          f"{e['patients_per_hour_patient_jobs_only']:.0f} | {_f(e['median_patient_job_s'])} | "
                          f"{_f(e['cohort_job_s'])}{'' if e['cohort_ok'] else ' (FAILED)'} | "
