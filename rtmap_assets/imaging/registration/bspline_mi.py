@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import SimpleITK as sitk
 
+from rtmap_assets.imaging.registration import bspline_kernels as kernels
+
 if TYPE_CHECKING:
     from rtmap_assets.imaging.registration.sitk_engine import SitkSettings
 
@@ -34,14 +36,6 @@ def _cubic_bspline(x: np.ndarray) -> np.ndarray:
     return np.where((ax >= 1) & (ax < 2), (2 - ax) ** 3 / 6, out)
 
 
-def _cubic_bspline_derivative(x: np.ndarray) -> np.ndarray:
-    ax = np.abs(x)
-    sgn = np.sign(x)
-    out = np.where(ax < 1, (-12 * ax + 9 * ax**2) / 6, 0.0)
-    out = np.where((ax >= 1) & (ax < 2), -3 * (2 - ax) ** 2 / 6, out)
-    return out * sgn
-
-
 def _itk_upper_edge_inside(c: np.ndarray, size: np.ndarray) -> np.ndarray:
     """ITK's BSplineTransform::InsideValidRegion moves an index within 4 ULP of the upper edge of the
     valid region (size - 2) 6 ULP inside, so a point exactly on that edge is still deformed."""
@@ -53,29 +47,36 @@ def _itk_upper_edge_inside(c: np.ndarray, size: np.ndarray) -> np.ndarray:
     return np.where(near, (edge.view(np.int64) - 6).view(np.float64), c)
 
 
-def _support_weights(bspline: sitk.BSplineTransform, points: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
-    """(flat node indices (N, 4, 4, 4), weights (N, 4, 4, 4), node count) of ITK's cubic BSplineTransform
-    evaluation at `points` (see `bspline_weight_matrix`); points outside the valid region get weight 0."""
+def separable_support(bspline: sitk.BSplineTransform, points: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """ITK's cubic BSplineTransform evaluation at `points`, kept separable: (first support node per axis
+    (N, 3) int64, per-axis weights (N, 3, 4), coefficient grid size (3,) int64). u(p) = sum over a, b, c of
+    weights[:, 0, a] * weights[:, 1, b] * weights[:, 2, c] * coef[node(start + (a, b, c))]. Points outside
+    the valid region get weight 0 (ITK leaves them unmoved) and a start clipped into the grid."""
     coeff = bspline.GetCoefficientImages()[0]
-    size = np.asarray(coeff.GetSize())
+    size = np.asarray(coeff.GetSize(), dtype=np.int64)
     origin = np.asarray(coeff.GetOrigin())
     spacing = np.asarray(coeff.GetSpacing())
     direction = np.asarray(coeff.GetDirection()).reshape(3, 3)
     # Continuous index (i, j, k). The inverse, not the transpose, of the direction as ITK: a grid made from a
     # float32 image has direction cosines orthonormal only to ~1e-7 (the same bits for axis-aligned grids).
-    c = ((points - origin) @ np.linalg.inv(direction).T) / spacing
+    c = ((np.asarray(points, dtype=float) - origin) @ np.linalg.inv(direction).T) / spacing
     c = _itk_upper_edge_inside(c, size)
     start = np.floor(c - 1).astype(np.int64)
     valid = np.all((start >= 0) & (start + 3 < size), axis=1)
     offs = np.arange(4)
-    w = [_cubic_bspline(c[:, d, None] - (start[:, d, None] + offs[None])) for d in range(3)]  # (N,4) each
-    ix = start[:, 0, None] + offs  # (N,4)
-    iy = start[:, 1, None] + offs
-    iz = start[:, 2, None] + offs
+    weights = np.stack([_cubic_bspline(c[:, d, None] - (start[:, d, None] + offs[None])) for d in range(3)], axis=1)
+    weights[~valid] = 0.0
+    return np.clip(start, 0, np.maximum(size - 4, 0)), weights, size
+
+
+def _support_weights(bspline: sitk.BSplineTransform, points: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """(flat node indices (N, 4, 4, 4), weights (N, 4, 4, 4), node count): `separable_support` expanded."""
+    start, w, size = separable_support(bspline, points)
+    offs = np.arange(4)
+    ix, iy, iz = (start[:, d, None] + offs for d in range(3))  # (N, 4) each
     # ITK flattens coefficient images x-fastest.
     flat = (iz[:, :, None, None] * size[1] + iy[:, None, :, None]) * size[0] + ix[:, None, None, :]
-    weights = w[2][:, :, None, None] * w[1][:, None, :, None] * w[0][:, None, None, :]
-    weights = np.where(valid[:, None, None, None], weights, 0.0)
+    weights = w[:, 2, :, None, None] * w[:, 1, None, :, None] * w[:, 0, None, None, :]
     n_nodes = int(np.prod(size))
     return np.clip(flat, 0, n_nodes - 1), weights, n_nodes
 
@@ -195,8 +196,9 @@ class BsplineMiObjective:
     """
 
     points_mm: np.ndarray  # (N, 3) fixed sample points
-    weights: Any  # sparse (N, nodes): u(points) = weights @ coefficients
-    weights_t: Any  # its transpose (CSR), for the gradient
+    support_start: np.ndarray  # (N, 3) first B-spline support node per axis (`separable_support`)
+    support_weights: np.ndarray  # (N, 3, 4) per-axis cubic weights: u(points) from 4^3 coefficients each
+    grid_size: np.ndarray  # (3,) coefficient grid size (x, y, z)
     fixed_bin: np.ndarray  # (N,) padded fixed-intensity bin of each sample
     rigid_matrix: np.ndarray  # (3, 3)
     rigid_centre_mm: np.ndarray
@@ -211,36 +213,17 @@ class BsplineMiObjective:
     n_nodes: int
 
     def value_and_grad(self, x: np.ndarray) -> tuple[float, np.ndarray]:
-        pts, amat, fbin = self.points_mm, self.weights, self.fixed_bin
-        a_mat, centre, trans = self.rigid_matrix, self.rigid_centre_mm, self.rigid_translation_mm
+        a_mat = self.rigid_matrix
         mlo, mhi, mwidth = self.moving_lo, self.moving_hi, self.moving_bin_width
         nb, pad, lam, lap = self.n_bins_padded, HISTOGRAM_PAD, self.smoothness, self.laplacian
-        offs = np.arange(-1, 3)
-        coef = x.reshape(3, self.n_nodes).T  # ITK parameter order: all x, then all y, then all z
-        u = amat @ coef
-        m = (pts + u - centre) @ a_mat.T + centre + trans
-        mval, mgrad, inside = self.moving_sampler(m)
-        t = (np.clip(mval, mlo, mhi) - mlo) / mwidth + pad
-        t0 = np.floor(t).astype(np.int64)
-        jb = t0[:, None] + offs[None]  # (N,4) moving bins touched
-        arg = jb - t[:, None]
-        w = _cubic_bspline(arg) * inside[:, None]
-        nin = max(int(inside.sum()), 1)
-        joint = np.bincount((fbin[:, None] * nb + jb).ravel(), weights=w.ravel(), minlength=nb * nb)
-        joint = joint.reshape(nb, nb) / nin
-        pm = joint.sum(0)
-        pf = joint.sum(1)
-        eps = 1e-12
-        nz = joint > eps
-        mi = float(np.sum(joint[nz] * np.log(joint[nz] / (pf[:, None] * pm[None, :])[nz])))
-        logratio = np.log(np.maximum(joint, eps)) - np.log(np.maximum(pm, eps))[None, :]
-        # d joint / d t_s = -B3'(jb - t)/N ; dMI/dt_s = sum_j that * logratio
-        dw = -_cubic_bspline_derivative(arg) * inside[:, None]
-        dmi_dt = np.sum(dw * logratio[fbin[:, None], jb], axis=1) / nin
-        in_range = (mval > mlo) & (mval < mhi)
-        dmi_dm = (dmi_dt * in_range / mwidth)[:, None] * mgrad  # (N,3) d MI / d moving point
-        dmi_du = dmi_dm @ a_mat  # chain through the rigid matrix
-        grad_coef = self.weights_t @ dmi_du  # (nodes, 3)
+        coef = np.ascontiguousarray(x.reshape(3, self.n_nodes).T)  # ITK order: all x, then all y, then all z
+        ms = self.moving_sampler
+        mval, mgrad, inside = kernels.warp_and_sample(
+            self.points_mm, self.support_start, self.support_weights, coef, self.grid_size, a_mat,
+            self.rigid_centre_mm, self.rigid_translation_mm, ms.stack, ms.origin, ms.direction, ms.spacing, ms.shape)
+        mi, dmi_du = kernels.mattes_mi(self.fixed_bin, mval, mgrad, inside, a_mat, mlo, mhi, mwidth, nb, pad)
+        grad_coef = kernels.scatter_gradient(self.support_start, self.support_weights, dmi_du, self.grid_size,
+                                             self.n_nodes)  # (nodes, 3)
         cost = -mi
         grad = -grad_coef
         if lam > 0:
@@ -285,9 +268,9 @@ def bspline_mi_objective(fixed: sitk.Image, moving: sitk.Image, rigid: sitk.Eule
     idx = np.stack([i, j, k], 1).astype(float) + rng.uniform(-0.5, 0.5, (len(pick), 3))
     pts = np.asarray(fixed.GetOrigin()) + (idx * np.asarray(fixed.GetSpacing())) @ np.asarray(
         fixed.GetDirection()).reshape(3, 3).T
-    # From zero coefficients (the first level) u = 0 and the weight matrix is built for the kept samples only.
-    amat = bspline_weight_matrix(bspline, pts) if np.any(params) else None
-    u = amat @ params.reshape(3, n_nodes).T if amat is not None else 0.0
+    start_nodes, support_w, grid_size = separable_support(bspline, pts)
+    u = kernels.displacements(start_nodes, support_w, np.ascontiguousarray(params.reshape(3, n_nodes).T),
+                              grid_size) if np.any(params) else 0.0
     start = (pts + u - centre) @ a_mat.T + centre + trans
     keep = np.flatnonzero(inside_with_margin(start, moving, moving_margin_mm))
     if len(keep) < min(n_samples, len(pick)) // 4:  # tiny overlap: better a biased metric than none
@@ -297,15 +280,15 @@ def bspline_mi_objective(fixed: sitk.Image, moving: sitk.Image, rigid: sitk.Eule
     # nearly sequentially (value_and_grad ~2x faster than in random order; same sample set).
     keep = keep[np.argsort(pick[keep], kind="stable")]
     idx, pts = idx[keep], pts[keep]
-    amat = amat[keep] if amat is not None else bspline_weight_matrix(bspline, pts)
+    start_nodes, support_w = np.ascontiguousarray(start_nodes[keep]), np.ascontiguousarray(support_w[keep])
     fvals = ndimage.map_coordinates(f_level, idx[:, ::-1].T, order=1, mode="nearest")
-    amat_t = amat.T.tocsr()
     flo, fhi = np.percentile(fvals, [0.5, 99.5])
     fvals = np.clip(fvals, flo, fhi)
     fbin = np.clip(((fvals - flo) / max(fhi - flo, 1e-6) * (bins - 1)).astype(np.int64) + pad, pad, pad + bins - 1)
     mlo, mhi = np.percentile(moving_sampler.arr[::4, ::4, ::4], [0.5, 99.5])
     mwidth = max(mhi - mlo, 1e-6) / (bins - 1)
-    return BsplineMiObjective(points_mm=pts, weights=amat, weights_t=amat_t, fixed_bin=fbin, rigid_matrix=a_mat,
+    return BsplineMiObjective(points_mm=np.ascontiguousarray(pts), support_start=start_nodes,
+                              support_weights=support_w, grid_size=grid_size, fixed_bin=fbin, rigid_matrix=a_mat,
                               rigid_centre_mm=centre, rigid_translation_mm=trans, moving_sampler=moving_sampler,
                               moving_lo=mlo, moving_hi=mhi, moving_bin_width=mwidth, n_bins_padded=bins + 2 * pad,
                               laplacian=lap, smoothness=smoothness, n_nodes=n_nodes)
@@ -328,3 +311,16 @@ def optimise_bspline_mi(fixed: sitk.Image, moving: sitk.Image, rigid: sitk.Euler
     log.debug("bspline level smooth=%s: %s iterations, -MI %.4f (%s)", smooth_mm, res.nit, res.fun, res.message)
     bspline.SetParameters(tuple(float(v) for v in params))
     return float(res.fun)
+
+
+def compile_kernels() -> None:
+    """Compile (or load from numba's cache) the objective's kernels by evaluating a tiny objective once: setup
+    calls it so the first patient of a fresh installation does not pay the ~3 s compilation."""
+    img = sitk.GetImageFromArray(np.random.default_rng(0).normal(0.0, 1.0, (12, 12, 12)).astype(np.float32))
+    img.SetSpacing((2.0, 2.0, 2.0))
+    bspline = sitk.BSplineTransformInitializer(img, [1, 1, 1], 3)
+    bspline.SetParameters(tuple(0.1 for _ in range(bspline.GetNumberOfParameters())))  # non-zero: every kernel runs
+    rigid = sitk.Euler3DTransform()
+    objective = bspline_mi_objective(img, img, rigid, bspline, None, histogram_bins=8, smoothness=1e-3,
+                                     moving_margin_mm=0.0, seed=0, smooth_mm=0.0, n_samples=200)
+    objective.value_and_grad(np.asarray(bspline.GetParameters(), dtype=float))
