@@ -306,7 +306,7 @@ def optimise_bspline_mi(fixed: sitk.Image, moving: sitk.Image, rigid: sitk.Euler
                                      seed=s.seed, smooth_mm=smooth_mm, n_samples=n_samples)
     params = np.asarray(bspline.GetParameters(), dtype=float)
     res = optimize.minimize(objective.value_and_grad, params, jac=True, method="L-BFGS-B",
-                            options={"maxiter": iterations, "maxcor": 7, "ftol": 1e-7, "gtol": 1e-7})
+                            options={"maxiter": iterations, "maxcor": 7, "ftol": s.bspline_ftol, "gtol": 1e-7})
     params = res.x
     log.debug("bspline level smooth=%s: %s iterations, -MI %.4f (%s)", smooth_mm, res.nit, res.fun, res.message)
     bspline.SetParameters(tuple(float(v) for v in params))
