@@ -77,12 +77,40 @@ def points_in_mask(mask: sitk.Image, points_mm: np.ndarray) -> np.ndarray:
 SPHERE_SAMPLES_LOG2 = 14
 
 
+# Sobol's construction for the first three dimensions (Joe & Kuo's direction numbers, the ones scipy.stats.qmc
+# uses): (primitive polynomial degree s, its inner coefficient bits a, initial m_1..m_s); dimension 0 is
+# van der Corput's sequence. Written out here because importing scipy.stats costs ~0.5 s in every process.
+_SOBOL_3D = ((0, 0, ()), (1, 0, (1,)), (2, 1, (1, 3)))
+_SOBOL_BITS = 30
+
+
+def sobol_points_3d(log2_n: int) -> np.ndarray:
+    """The first 2^log2_n points of the unscrambled 3-D Sobol sequence in [0, 1)^3, in Gray-code order
+    (the same points, in the same order, as `scipy.stats.qmc.Sobol(3, scramble=False).random_base2`)."""
+    bits = _SOBOL_BITS
+    v = np.zeros((3, bits), dtype=np.uint64)
+    for d, (s, a, m_init) in enumerate(_SOBOL_3D):
+        m = [1] * bits if s == 0 else list(m_init)
+        for k in range(len(m), bits):  # m_k = m_{k-s} ^ (m_{k-s} << s) ^ the polynomial's inner terms
+            new = m[k - s] ^ (m[k - s] << s)
+            for i in range(1, s):
+                if (a >> (s - 1 - i)) & 1:
+                    new ^= m[k - i] << i
+            m.append(new)
+        v[d] = [m[k] << (bits - 1 - k) for k in range(bits)]
+    i = np.arange(1 << log2_n, dtype=np.uint64)
+    gray = i ^ (i >> np.uint64(1))  # point i = XOR of the direction numbers of gray(i)'s set bits
+    x = np.zeros((len(i), 3), dtype=np.uint64)
+    for b in range(log2_n):
+        on = ((gray >> np.uint64(b)) & np.uint64(1)).astype(bool)
+        x[on] ^= v[:, b]
+    return x.astype(float) / float(1 << bits)
+
+
 @cache
 def unit_ball_points() -> np.ndarray:
     """(N, 3) points filling the unit ball uniformly (read-only; N = SPHERE_SAMPLES)."""
-    from scipy.stats import qmc  # here: scipy.stats costs ~0.5 s of CPU in every process that imports this module
-
-    u = qmc.Sobol(d=3, scramble=False).random_base2(SPHERE_SAMPLES_LOG2) * 2.0 - 1.0
+    u = sobol_points_3d(SPHERE_SAMPLES_LOG2) * 2.0 - 1.0
     u = u[np.einsum("ij,ij->i", u, u) <= 1.0]
     pts = np.vstack([u, -u])
     pts.setflags(write=False)
@@ -91,7 +119,7 @@ def unit_ball_points() -> np.ndarray:
 
 def __getattr__(name: str):
     # SPHERE_SAMPLES on first use, not at import: the imaging step imports this module for dose_support_mask
-    # only, and computing the points at import pulled scipy.stats into every imaging-step process.
+    # only and need not compute the points.
     if name == "SPHERE_SAMPLES":
         return int(unit_ball_points().shape[0])
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
