@@ -89,6 +89,10 @@ def part_a(work: Path, seeds: list[int], size: str, engines: list[str], with_see
                 cmd = [sys.executable, str(HERE / "pipeline_path.py"), "--patient-dir", str(patient), "--engine",
                        p.split(":")[1], "--threads", str(threads)]
             r = run_child_json(cmd)
+            if p != "seed" and "error" not in r:  # truth metrics in a second, untimed process
+                ev = run_child_json(cmd + ["--evaluate"])
+                r.update({k: v for k, v in ev.items() if k not in ("process_wall_s", "peak_rss_mb", "load_before",
+                                                                   "load_after", "self_hwm_mb")})
             r.update(seed=seed, path_name=p)
             rows.append(r)
             log(f"a: seed {seed} {p}: process {r['process_wall_s']:.1f} s, steps {r.get('steps_s', 0) or 0:.1f} s, "
