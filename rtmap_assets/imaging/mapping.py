@@ -141,7 +141,8 @@ def map_mask(mask: sitk.Image, transform: sitk.Transform, reference: sitk.Image,
     except ValueError:
         # Newton fails where the field has a kink, e.g. a corner pulled back onto the edge of the B-spline
         # grid (a spinal cord longer than the planning scan): the whole grid then cost ~4 s per structure.
-        back = _pullback_points(transform, reference, corners.min(axis=0), corners.max(axis=0))
+        # An 8 mm lattice (1/64 of the grid's points) is enough here: `_reaching_part` tightens the box after.
+        back = _pullback_points(transform, reference, corners.min(axis=0), corners.max(axis=0), step=4)
         if back is None:
             return resample_mask(mask, reference, transform)
     lo = back.min(axis=0) - margin_mm
