@@ -263,3 +263,23 @@ def test_one_transform_evaluation_per_voxel_matches_evaluating_every_sub_sample(
     assert abs(volume - q.sum() * source_mm**3 / 8.0) > 1.0  # the warp does change the volume: a real test
     mapped = sitk.GetArrayFromImage(resample_mask(src, target, t)) > 0
     assert mapped.sum() == int(round(volume)) and np.count_nonzero(mapped ^ keep) == 0
+
+
+def test_map_mask_box_on_a_deformable_warp_is_the_whole_grid_mask():
+    """map_mask resamples only the part of the structure's box that a 4 mm lattice of T says can reach the
+    structure's crop (`mapping._reaching_part`): on a rotation + B-spline warp it gives the same voxels as
+    resampling the whole grid, from a box a fraction of the grid's size."""
+    import rtmap_assets.imaging.mapping as mapping
+
+    src = image(raster(SHAPES["ellipsoid 15/25/10"]))
+    t = _bspline_warp(grid(), 4.0, seed=1)
+    whole = sitk.GetArrayFromImage(resample_mask(src, grid(), t))
+    sizes = []
+    real_resample_mask = mapping.resample_mask
+    mapping.resample_mask = lambda m, ref, tr: sizes.append(ref.GetSize()) or real_resample_mask(m, ref, tr)
+    try:
+        mapped = sitk.GetArrayFromImage(map_mask(src, t, grid()))
+    finally:
+        mapping.resample_mask = real_resample_mask
+    assert whole.sum() > 1000 and np.array_equal(mapped, whole)
+    assert len(sizes) == 1 and np.prod(sizes[0]) < 0.5 * N**3

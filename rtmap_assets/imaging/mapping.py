@@ -97,8 +97,8 @@ def _reaching_part(box: sitk.Image, transform: sitk.Transform, lo_mm: np.ndarray
     A voxel's nearest lattice point is at most step/2 voxels away per axis, so its mapped centre is within
     m = 1/2 sum_axes max |lattice difference| (per output axis) of that point's, where T is linear over a
     lattice cell; m is doubled for the curvature of T (a B-spline of 30 mm control spacing is near linear over a
-    4 mm cell), and the range is widened by `step` voxels around the lattice points that land within [lo - m,
-    hi + m]."""
+    4 mm cell), and the range is widened by step/2 voxels around the lattice points that land within [lo - m,
+    hi + m]. On seeds 1-3 the masks were those of the whole box, with 1-2 voxels to spare (benchmarks/SPEED.md)."""
     size = np.asarray(box.GetSize())
     coarse = sitk.Image([int(v) for v in (size - 1) // step + 1 + ((size - 1) % step > 0)], sitk.sitkUInt8)
     coarse.SetOrigin(box.GetOrigin())
@@ -114,8 +114,8 @@ def _reaching_part(box: sitk.Image, transform: sitk.Transform, lo_mm: np.ndarray
     if not inside.any():
         return np.zeros(3, dtype=int), np.full(3, -1)
     kji = np.argwhere(inside)
-    j0 = np.maximum(kji.min(axis=0)[::-1] * step - step, 0)
-    j1 = np.minimum(kji.max(axis=0)[::-1] * step + step, size - 1)
+    j0 = np.maximum(kji.min(axis=0)[::-1] * step - (step + 1) // 2, 0)
+    j1 = np.minimum(kji.max(axis=0)[::-1] * step + (step + 1) // 2, size - 1)
     return j0, j1
 
 
