@@ -155,20 +155,41 @@ def _index_matrix(image: sitk.Image) -> np.ndarray:
     return np.asarray(image.GetDirection(), dtype=float).reshape(3, 3) @ np.diag(image.GetSpacing())
 
 
-def _mapped_positions_mm(lattice: sitk.Image, transform: sitk.Transform | None) -> np.ndarray:
-    """T(p) for every voxel centre p of `lattice`, as a [z, y, x, 3] float64 array of (x, y, z) mm.
+def displacement_field(transform: sitk.Transform, reference: sitk.Image) -> sitk.Image:
+    """T(p) - p at every voxel centre p of `reference` (a float64 vector image on its grid).
 
     The transform is evaluated once per point by SimpleITK's multi-threaded displacement-field filter,
     which works for any transform type (composites of rigid, B-spline, displacement fields)."""
-    size = lattice.GetSize()
-    kji = np.indices(size[::-1], dtype=float)  # [3, z, y, x]: k, j, i
-    p = np.asarray(lattice.GetOrigin()) + np.moveaxis(kji[::-1], 0, -1) @ _index_matrix(lattice).T
-    if transform is None:
-        return p
+    lattice = sitk.Image(reference.GetSize(), sitk.sitkUInt8)
+    lattice.CopyInformation(reference)
     to_field = sitk.TransformToDisplacementFieldFilter()
     to_field.SetReferenceImage(lattice)
     to_field.SetOutputPixelType(sitk.sitkVectorFloat64)
-    return p + sitk.GetArrayFromImage(to_field.Execute(transform))
+    return to_field.Execute(transform)
+
+
+def _mapped_positions_mm(lattice: sitk.Image, transform: sitk.Transform | None,
+                         field: sitk.Image | None = None) -> np.ndarray:
+    """T(p) for every voxel centre p of `lattice`, as a [z, y, x, 3] float64 array of (x, y, z) mm, from
+    `field` (`displacement_field` on `lattice`'s grid) when given, else from one evaluation of T per point."""
+    size = lattice.GetSize()
+    kji = np.indices(size[::-1], dtype=float)  # [3, z, y, x]: k, j, i
+    p = np.asarray(lattice.GetOrigin()) + np.moveaxis(kji[::-1], 0, -1) @ _index_matrix(lattice).T
+    if field is None and transform is None:
+        return p
+    return p + sitk.GetArrayFromImage(field if field is not None else displacement_field(transform, lattice))
+
+
+def resample_with_field(image: sitk.Image, field: sitk.Image, default_value: float = 0.0) -> sitk.Image:
+    """`image` linearly interpolated at p + field(p) for every voxel centre p of `field`'s grid, as Float32:
+    `resample(image, field's grid, transform=T, default_value=...)` for the T the field was made from
+    (`displacement_field`), with the same interpolation and outside conventions, without evaluating T again
+    (the Jacobian QC uses the same field)."""
+    q = _mapped_positions_mm(field, None, field)
+    values = _sample_linear(sitk.GetArrayViewFromImage(image), image, q, float(default_value))
+    out = sitk.GetImageFromArray(values.astype(np.float32))
+    out.CopyInformation(field)
+    return out
 
 
 def _sample_linear(image_arr: np.ndarray, image: sitk.Image, q_mm: np.ndarray, default_value: float) -> np.ndarray:
