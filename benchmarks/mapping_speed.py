@@ -4,7 +4,7 @@
     # the planning working grid, the transform, the relapse image) under OUT/seed<N>/
     .venv/bin/python benchmarks/mapping_speed.py capture --work /tmp/speed/data --out /tmp/mapfast/cap --seeds 1 2 3
     # old and new trees alternating, one fresh process per (tree, seed): CPU and wall of map_mask per structure
-    # and of the registered-image resample (the rest of `mapping_step`), then the masks voxel by voxel
+    # and of the registered-image resample (the rest of `mapping_step`) + the Jacobian QC, then the masks voxel by voxel
     git archive main | tar -x -C /tmp/mapfast_base
     .venv/bin/python benchmarks/mapping_speed.py compare --cap /tmp/mapfast/cap --seeds 1 2 3 --repeats 2 \
         --tree old=/tmp/mapfast_base --tree new=.
@@ -83,8 +83,18 @@ def cmd_child(args: argparse.Namespace) -> None:
         mapped = map_mask(mask, transform, ref)
         per[meta["names"][key]] = (time.process_time() - cpu, time.perf_counter() - wall)
         sitk.WriteImage(mapped, str(out / f"{key}.nii.gz"))
+    # the rest of the mapping step (registered image) and the Jacobian QC, as each tree's run_imaging does them
+    # (the Jacobian over the whole grid: the body mask is not captured)
+    from rtmap_assets.imaging.qc import jacobian_stats
+
     cpu, wall = time.process_time(), time.perf_counter()
-    wg.resample(image, ref, transform=transform, default_value=meta["default"])  # as mapping_step does
+    if hasattr(wg, "displacement_field"):  # one field of T for both
+        field = wg.displacement_field(transform, ref)
+        wg.resample_with_field(image, field, default_value=meta["default"])
+        jacobian_stats(transform, ref, field=field)
+    else:
+        wg.resample(image, ref, transform=transform, default_value=meta["default"])
+        jacobian_stats(transform, ref)
     print("RESULT " + json.dumps({"per": per, "image_cpu_s": time.process_time() - cpu,
                                   "image_wall_s": time.perf_counter() - wall,
                                   "threads": sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()}))
@@ -119,13 +129,13 @@ def cmd_compare(args: argparse.Namespace) -> None:
     a, b = trees[0][0], trees[1][0]
     pick = lambda rep, seed, label: next(r for r in rows if (r["rep"], r["seed"], r["label"]) == (rep, seed, label))  # noqa: E731
     print(f"\n| seed | rep | map_mask CPU s {a} → {b} | map_mask wall s {a} → {b} | CPU ratio "
-          f"| registered image CPU s {a} / {b} | mapping step CPU s {a} → {b} | load 1/5/15 before {a} / {b} |")
+          f"| registered image + Jacobian QC CPU s {a} → {b} | together CPU s {a} → {b} | load 1/5/15 before {a} / {b} |")
     print("|---|---|---|---|---|---|---|---|")
     for rep in range(args.repeats):
         for seed in args.seeds:
             o, n = pick(rep, seed, a), pick(rep, seed, b)
             print(f"| {seed} | {rep} | {o['masks_cpu_s']:.2f} → {n['masks_cpu_s']:.2f} | {o['masks_wall_s']:.2f} → "
-                  f"{n['masks_wall_s']:.2f} | {o['masks_cpu_s'] / n['masks_cpu_s']:.1f}× | {o['image_cpu_s']:.2f} / "
+                  f"{n['masks_wall_s']:.2f} | {o['masks_cpu_s'] / n['masks_cpu_s']:.1f}× | {o['image_cpu_s']:.2f} → "
                   f"{n['image_cpu_s']:.2f} | {o['masks_cpu_s'] + o['image_cpu_s']:.2f} → "
                   f"{n['masks_cpu_s'] + n['image_cpu_s']:.2f} | {o['load']} / {n['load']} |")
     print(f"\n| seed | structure | CPU s {a} → {b} (last rep) | voxels {a} | voxels {b} | differing voxels | volume difference % |")
