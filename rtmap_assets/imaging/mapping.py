@@ -124,8 +124,9 @@ def map_mask(mask: sitk.Image, transform: sitk.Transform, reference: sitk.Image,
     """Relapse mask -> planning grid `reference` through `transform` (planning -> relapse).
 
     Only a box around the structure is resampled (its bounding box pulled back through the inverse at
-    the 8 corners, plus `margin_mm` for the deformation between corners), then pasted into an empty
-    mask of the full reference grid: the cost is that of the structure, not of the whole grid.
+    the 8 corners, plus `margin_mm` for the deformation between corners, then cut to the part that can
+    reach the structure's crop, `_reaching_part`), then pasted into an empty mask of the full reference
+    grid: the cost is that of the structure, not of the whole grid.
     """
     out = sitk.Image(reference.GetSize(), sitk.sitkUInt8)
     out.CopyInformation(reference)
