@@ -43,7 +43,7 @@ def cmd_capture(args: argparse.Namespace) -> None:
         inputs = ip.read_inputs(pl.read_parquet(work / "manifest.parquet"), config, work / "raw", None)
         planning, relapse = ip.planning_step(inputs, config), ip.relapse_step(inputs, config)
         result = register(planning.image, relapse.image, fixed_landmark_mm=planning.landmark_centroid_mm,
-                          moving_landmark_mm=relapse.landmark_centroid_mm, engine=config.registration.engine,
+                          moving_landmark_mm=relapse.landmark_centroid_mm, engine=args.engine or config.registration.engine,
                           bspline_grid_mm=config.registration.bspline_grid_mm, fixed_mask=planning.body)
         sitk.WriteTransform(result.transform, str(out / "transform.h5"))
         sitk.WriteImage(planning.ref, str(out / "ref.nii.gz"))
@@ -188,7 +188,7 @@ def cmd_accuracy(args: argparse.Namespace) -> None:
                     for c, oz in enumerate(offsets):
                         diff = wg._lerp_axis(qxy, 0, oz) - exact_q[c::k, b::k, a::k]
                         err = max(err, float(np.linalg.norm(diff, axis=-1).max()))
-            values = sitk.GetArrayViewFromImage(wg.resample(occupancy, fine, transform=transform, default_value=0.0))
+            values = sitk.GetArrayFromImage(wg.resample(occupancy, fine, transform=transform, default_value=0.0))
             exact = float(values.sum(dtype=np.float64)) / k**3
             fast = wg._mapped_voxels(occupancy, shifted, transform)
             reach = max(abs(o) for o in offsets) * sum(float(np.linalg.norm(np.diff(q, axis=ax), axis=-1).max())
@@ -207,6 +207,7 @@ def main() -> None:
     c.add_argument("--work", required=True)
     c.add_argument("--out", required=True)
     c.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    c.add_argument("--engine", default=None, help="registration engine (default: the trial configuration's)")
     c = sub.add_parser("child")
     c.add_argument("--cap", required=True)
     c.add_argument("--seed", type=int, required=True)
