@@ -209,8 +209,9 @@ def _bspline_warp(reference: sitk.Image, amplitude_mm: float, seed: int = 0) -> 
 
 
 def _exact_mapped_mask(mask: sitk.Image, reference: sitk.Image, transform: sitk.Transform) -> tuple[float, np.ndarray]:
-    """The mapping rule (grid.resample_mask before it evaluated the transform once per voxel) the direct way: the transform at every sub-sample (ITK resampling of the
-    occupancy on the k³-times finer lattice) and at every voxel centre (ITK resampling of the distance)."""
+    """The mapping rule the direct way (grid.resample_mask before it evaluated the transform once per voxel):
+    the transform at every sub-sample (ITK resampling of the occupancy on the k³-times finer lattice) and at
+    every voxel centre (ITK resampling of the distance)."""
     from rtmap_assets.imaging.grid import _PAD_VOXELS, _TIE_SHIFT, _crop_to_mask
 
     crop = _crop_to_mask(mask, _PAD_VOXELS)
