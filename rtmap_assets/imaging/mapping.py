@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import SimpleITK as sitk
 
-from rtmap_assets.imaging.grid import resample_mask
+from rtmap_assets.imaging.grid import _PAD_VOXELS, _mapped_positions_mm, resample_mask
 
 
 def mask_volume_cc(mask: sitk.Image) -> float:
@@ -89,13 +89,44 @@ def _pullback_points(transform: sitk.Transform, reference: sitk.Image, lo_mm: np
     return p[inside] if inside.any() else None
 
 
+def _reaching_part(box: sitk.Image, transform: sitk.Transform, lo_mm: np.ndarray, hi_mm: np.ndarray,
+                   step: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """Index range [j0, j1] of `box` (x, y, z; inclusive; j1 < j0 when empty) holding every voxel whose mapped
+    centre T(p) can lie in [lo_mm, hi_mm], from T on a lattice of every `step`-th voxel (1/step³ of the cost).
+
+    A voxel's nearest lattice point is at most step/2 voxels away per axis, so its mapped centre is within
+    m = 1/2 sum_axes max |lattice difference| (per output axis) of that point's, where T is linear over a
+    lattice cell; m is doubled for the curvature of T (a B-spline of 30 mm control spacing is near linear over a
+    4 mm cell), and the range is widened by step/2 voxels around the lattice points that land within [lo - m,
+    hi + m]. On seeds 1-3 the masks were those of the whole box, with 1-2 voxels to spare (benchmarks/SPEED.md)."""
+    size = np.asarray(box.GetSize())
+    coarse = sitk.Image([int(v) for v in (size - 1) // step + 1 + ((size - 1) % step > 0)], sitk.sitkUInt8)
+    coarse.SetOrigin(box.GetOrigin())
+    coarse.SetSpacing(tuple(float(v) * step for v in box.GetSpacing()))
+    coarse.SetDirection(box.GetDirection())
+    q = _mapped_positions_mm(coarse, transform)  # [z, y, x, 3]
+    m = np.zeros(3)
+    for axis in range(3):
+        if q.shape[axis] > 1:
+            m += np.abs(np.diff(q, axis=axis)).reshape(-1, 3).max(axis=0)
+    m = 2 * 0.5 * m
+    inside = np.all((q >= np.asarray(lo_mm) - m) & (q <= np.asarray(hi_mm) + m), axis=-1)
+    if not inside.any():
+        return np.zeros(3, dtype=int), np.full(3, -1)
+    kji = np.argwhere(inside)
+    j0 = np.maximum(kji.min(axis=0)[::-1] * step - (step + 1) // 2, 0)
+    j1 = np.minimum(kji.max(axis=0)[::-1] * step + (step + 1) // 2, size - 1)
+    return j0, j1
+
+
 def map_mask(mask: sitk.Image, transform: sitk.Transform, reference: sitk.Image, *,
              margin_mm: float = 15.0) -> sitk.Image:
     """Relapse mask -> planning grid `reference` through `transform` (planning -> relapse).
 
     Only a box around the structure is resampled (its bounding box pulled back through the inverse at
-    the 8 corners, plus `margin_mm` for the deformation between corners), then pasted into an empty
-    mask of the full reference grid: the cost is that of the structure, not of the whole grid.
+    the 8 corners, plus `margin_mm` for the deformation between corners, then cut to the part that can
+    reach the structure's crop, `_reaching_part`), then pasted into an empty mask of the full reference
+    grid: the cost is that of the structure, not of the whole grid.
     """
     out = sitk.Image(reference.GetSize(), sitk.sitkUInt8)
     out.CopyInformation(reference)
@@ -111,7 +142,8 @@ def map_mask(mask: sitk.Image, transform: sitk.Transform, reference: sitk.Image,
     except ValueError:
         # Newton fails where the field has a kink, e.g. a corner pulled back onto the edge of the B-spline
         # grid (a spinal cord longer than the planning scan): the whole grid then cost ~4 s per structure.
-        back = _pullback_points(transform, reference, corners.min(axis=0), corners.max(axis=0))
+        # An 8 mm lattice (1/64 of the grid's points) is enough here: `_reaching_part` tightens the box after.
+        back = _pullback_points(transform, reference, corners.min(axis=0), corners.max(axis=0), step=4)
         if back is None:
             return resample_mask(mask, reference, transform)
     lo = back.min(axis=0) - margin_mm
@@ -125,6 +157,20 @@ def map_mask(mask: sitk.Image, transform: sitk.Transform, reference: sitk.Image,
     i1 = np.clip(np.ceil((hi - ref_lo) / spacing).astype(int), 0, size - 1)
     if np.any(i1 < i0):
         return out
+    box = sitk.Image([int(v) for v in (i1 - i0 + 1)], sitk.sitkUInt8)
+    box.SetOrigin(tuple(ref_lo + i0 * spacing))
+    box.SetSpacing(tuple(spacing))
+    # The 15 mm margin is for the worst case; most of that box maps outside the structure's crop (where the
+    # resampled occupancy is 0 and the distance `far`): keep only the part a coarse lattice says can reach it.
+    pad = _PAD_VOXELS
+    crop_corners = np.array([mask.TransformContinuousIndexToPhysicalPoint([float(c) for c in (i, j, k)])
+                             for i in (lo_idx[0] + 1 - pad, hi_idx[0] - 1 + pad)
+                             for j in (lo_idx[1] + 1 - pad, hi_idx[1] - 1 + pad)
+                             for k in (lo_idx[2] + 1 - pad, hi_idx[2] - 1 + pad)])
+    j0, j1 = _reaching_part(box, transform, crop_corners.min(axis=0), crop_corners.max(axis=0))
+    if np.any(j1 < j0):
+        return out
+    i0, i1 = i0 + j0, i0 + j1
     box = sitk.Image([int(v) for v in (i1 - i0 + 1)], sitk.sitkUInt8)
     box.SetOrigin(tuple(ref_lo + i0 * spacing))
     box.SetSpacing(tuple(spacing))

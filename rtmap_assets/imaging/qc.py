@@ -59,17 +59,19 @@ def overlap_metrics(a: sitk.Image, b: sitk.Image) -> dict[str, float | None]:
 
 
 def jacobian_stats(transform: sitk.Transform, reference: sitk.Image,
-                   body: sitk.Image | None = None) -> tuple[float, float]:
+                   body: sitk.Image | None = None, *, field: sitk.Image | None = None) -> tuple[float, float]:
     """(minimum Jacobian determinant, fraction of voxels with det <= 0) over `body` (or the whole grid).
 
-    The displacement field of T on the reference grid is differentiated by finite differences.
+    The displacement field of T on the reference grid (`field` when the caller has it already) is
+    differentiated by finite differences.
     """
-    ref = sitk.Image(reference.GetSize(), sitk.sitkUInt8)
-    ref.CopyInformation(reference)
-    to_field = sitk.TransformToDisplacementFieldFilter()
-    to_field.SetReferenceImage(ref)
-    to_field.SetOutputPixelType(sitk.sitkVectorFloat64)
-    field = to_field.Execute(transform)
+    if field is None:
+        ref = sitk.Image(reference.GetSize(), sitk.sitkUInt8)
+        ref.CopyInformation(reference)
+        to_field = sitk.TransformToDisplacementFieldFilter()
+        to_field.SetReferenceImage(ref)
+        to_field.SetOutputPixelType(sitk.sitkVectorFloat64)
+        field = to_field.Execute(transform)
     det = sitk.GetArrayFromImage(sitk.DisplacementFieldJacobianDeterminant(field))
     region = sitk.GetArrayViewFromImage(body) > 0 if body is not None else np.ones(det.shape, bool)
     vals = det[region]

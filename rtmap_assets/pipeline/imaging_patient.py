@@ -253,9 +253,10 @@ def relapse_step(inputs: Inputs, config: TrialConfig) -> Relapse:
 
 
 def mapping_step(relapse: Relapse, transform: sitk.Transform, planning: Planning,
-                 file: str) -> tuple[dict[str, sitk.Image], sitk.Image]:
+                 file: str, field: sitk.Image | None = None) -> tuple[dict[str, sitk.Image], sitk.Image]:
     """Rule 4: relapse masks resampled through the transform onto the planning grid (appended to the planning
-    structures), and the registered relapse image."""
+    structures), and the registered relapse image (from `field`, T's displacement field on the planning grid,
+    when given)."""
     mapped: dict[str, sitk.Image] = {}
     for name, mask in relapse.masks.items():
         mapped[name] = map_mask(mask, transform, planning.ref)
@@ -266,15 +267,18 @@ def mapping_step(relapse: Relapse, transform: sitk.Transform, planning: Planning
         raise PatientDataError(IssueCode.RECURRENCE_MAPPED_EMPTY,
                                f"mapped recurrence {relapse.recurrence!r} is empty (outside the planning working "
                                "grid?)", stage=STAGE, file=file)
-    registered = wg.resample(relapse.image, planning.ref, transform=transform, default_value=relapse.default_value)
+    if field is not None:
+        registered = wg.resample_with_field(relapse.image, field, default_value=relapse.default_value)
+    else:
+        registered = wg.resample(relapse.image, planning.ref, transform=transform, default_value=relapse.default_value)
     return mapped, registered
 
 
 def qc_step(patient_id: str, relapse: Relapse, planning: Planning, mapped: dict[str, sitk.Image],
-            transform: sitk.Transform) -> tuple[float, float, float, list[dict]]:
+            transform: sitk.Transform, field: sitk.Image | None = None) -> tuple[float, float, float, list[dict]]:
     """(landmark distance = the uncertainty of rule 5, Jacobian minimum, folding fraction, comparison overlaps)."""
     lm_distance = landmark_distance_mm(planning.landmark_centroid_mm, mask_centroid_mm(mapped[relapse.landmark]))
-    jac_min, folding = jacobian_stats(transform, planning.ref, planning.body)
+    jac_min, folding = jacobian_stats(transform, planning.ref, planning.body, field=field)
     rows = []
     plan_by_name = {s.name: s for s in planning.structures if s.space == "planning"}
     for name, (role, alias) in relapse.roles.items():
@@ -316,11 +320,13 @@ def run_imaging(manifest_rows: pl.DataFrame, config: TrialConfig, out_dir: Path,
     timings["registration_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    mapped, registered = mapping_step(relapse, transform, planning, rel_rs_file)
+    field = wg.displacement_field(transform, planning.ref)  # T once on the planning grid: registered image + QC
+    mapped, registered = mapping_step(relapse, transform, planning, rel_rs_file, field)
     timings["mapping_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    lm_distance, jac_min, folding, structure_rows = qc_step(patient_id, relapse, planning, mapped, transform)
+    lm_distance, jac_min, folding, structure_rows = qc_step(patient_id, relapse, planning, mapped, transform, field)
+    del field
     timings["qc_s"] = time.perf_counter() - t
 
     # ---- write
