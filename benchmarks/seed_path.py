@@ -9,6 +9,15 @@ Steps (each timed):
              translation / rigid / B-spline (30 mm) parameter files, run by Debian's elastix CLI.
   transform  the relapse structure set transformed into planning space (`Registration.transform`).
   dose       the planning dose read; if the mapped recurrence has voxels, dose at its centroid.
+  classify   the seed README's steps 3-4 with scikit-rt's objects: the dose resampled onto the planning CT's
+             2 mm grid (rule 3), the trial arm from the high-level CTV's mean dose (rule 8), the relapse
+             sphere of the seed's fixed 5 mm radius around the mapped centroid on that grid (rules 5-6), the
+             centroid class (dose at the truncated voxel index, rule 9) and volume class (fraction of the
+             sphere's voxel centres at >= 95 % of the prescription, rule 10) per level, written as CSV.
+  figure     step 5: an axial slice through the centroid with the dose and the mapped recurrence, saved as
+             PNG by scikit-rt's own `Image.plot` (the notebook viewed it in `BetterViewer`).
+These last two make the path produce what rtmap's timed path produces (classes, a CSV row, a figure); the
+result keeps every step's time apart, so the comparison can also be read without them.
 
 This machine's elastix: Debian's transformix 5.0.1 lacks the `FinalNearestNeighborInterpolator`
 skrt asks for by default when it transforms masks (transformix.log: "This component is not installed!";
@@ -68,6 +77,71 @@ def _recurrence_name(names: list[str]) -> str | None:
 
     hit = first_match(names, load_trial_config().aliases.recurrence)
     return hit[0] if hit else None
+
+
+SEED_SPHERE_RADIUS_MM = 5.0  # the seed's fixed radius policy (rule 5)
+
+
+def _classify(ct, dose, ss_plan, centroid_mm: list[float], csv_path: Path) -> dict[str, dict]:
+    """The seed's classification with scikit-rt objects (see the module docstring): {level: classes}."""
+    import csv
+
+    from rtmap_assets.config import LEVELS, load_trial_config
+    from rtmap_assets.naming import first_match
+
+    config = load_trial_config()
+    dose.match_size(ct)  # rule 3: the dose on the planning working grid (scikit-rt's linear resampling)
+    dose_arr = dose.get_data(standardise=True)  # (y, x, z) as skrt standardises
+    names = ss_plan.get_roi_names()
+    # rule 8: the arm whose high prescription the high-level CTV's mean dose reaches (0.5 Gy tolerance)
+    arm = "unassigned"
+    for candidate, levels in sorted(config.arms.items(), key=lambda kv: -kv[1][2]):
+        hit = first_match(names, config.aliases.ctv_for_level("high", levels[2]))
+        if hit is not None and (dose.get_mean_dose(ss_plan.get_roi(hit[0])) or 0.0) >= levels[2] - 0.5:
+            arm = candidate
+            break
+    prescriptions = config.prescriptions(arm) if arm != "unassigned" else {}
+    # rules 6 and 10: the sphere's voxel centres on the planning grid (only the box around it is looked at)
+    ix, iy, iz = (int(ct.pos_to_idx(centroid_mm[k], ax)) for k, ax in enumerate("xyz"))  # truncated, as the seed
+    reach = int(np.ceil(SEED_SPHERE_RADIUS_MM / min(ct.get_voxel_size()))) + 1
+    box = [np.arange(max(i - reach, 0), min(i + reach + 1, n)) for i, n in zip((ix, iy, iz), ct.get_n_voxels())]
+    pos = [np.array([ct.idx_to_pos(int(i), ax) for i in b]) for b, ax in zip(box, "xyz")]
+    gy, gx, gz = np.meshgrid(pos[1], pos[0], pos[2], indexing="ij")
+    inside = (gx - centroid_mm[0]) ** 2 + (gy - centroid_mm[1]) ** 2 + (gz - centroid_mm[2]) ** 2 \
+        <= SEED_SPHERE_RADIUS_MM**2
+    sphere_doses = dose_arr[np.ix_(box[1], box[0], box[2])][inside]
+    rows, classes = [], {}
+    for level in LEVELS:
+        p = prescriptions.get(level, 0.0)
+        if p <= 0:
+            continue
+        centre_class = int(dose_arr[iy, ix, iz] >= 0.95 * p)
+        fraction = float(np.mean(sphere_doses >= 0.95 * p)) if sphere_doses.size else 0.0
+        volume_class = 1 if fraction >= 0.95 else (2 if fraction > 0 else 0)
+        classes[level] = {"centroid_class": centre_class, "volume_class": volume_class, "sphere_fraction": fraction}
+        rows.append({"arm": arm, "level": level, "prescription_gy": p, **classes[level]})
+    with csv_path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["arm", "level", "prescription_gy", "centroid_class", "volume_class",
+                                               "sphere_fraction"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return classes
+
+
+def _figure(ct, dose, recurrence, centroid_mm: list[float], png: Path) -> None:
+    """An axial slice through the centroid with the dose and the mapped recurrence (scikit-rt's plot)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.cm
+    import matplotlib.pyplot as plt
+
+    if not hasattr(matplotlib.cm, "get_cmap"):  # scikit-rt 0.8.2 calls it; matplotlib 3.9 removed it
+        matplotlib.cm.get_cmap = matplotlib.colormaps.get_cmap
+
+    ct.plot(view="x-y", pos=float(centroid_mm[2]), rois=[recurrence], dose=dose, dose_opacity=0.4, colorbar=True,
+            save_as=str(png), show=False)
+    plt.close("all")
 
 
 def run_seed_path(export: Path, workdir: Path, truth: dict | None = None) -> dict:
@@ -151,6 +225,14 @@ def run_seed_path(export: Path, workdir: Path, truth: dict | None = None) -> dic
     else:
         notes.append("dose at the mapped recurrence centroid not computed: no mapped recurrence")
     timings["dose_s"] = time.perf_counter() - t
+    classes: dict[str, dict] = {}
+    if rec and centroid_mm is not None:
+        t = time.perf_counter()
+        classes = _classify(ct, dose, ss_plan, centroid_mm, workdir / "classification.csv")
+        timings["classify_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        _figure(ct, dose, mapped.get_roi(rec[0]), centroid_mm, workdir / "overlay.png")
+        timings["figure_s"] = time.perf_counter() - t
     checked = {}
     if truth is not None and centroid_mm is not None:  # evaluation against the known warp, outside the timing
         true_centre = np.asarray(truth["recurrence"]["centroid_planning_mm"], float)
@@ -161,7 +243,7 @@ def run_seed_path(export: Path, workdir: Path, truth: dict | None = None) -> dic
     return {"path": "seed", "engine": "skrt+elastix CLI (seed)", **timings, **checked,
             "steps_s": sum(timings.values()), "planning_rois": n_plan_rois, "relapse_rois": len(rel_names),
             "mapped_rois_nonempty": len(nonempty), "dose_max_gy": dose_max_gy, "centroid_dose_gy": centroid_dose_gy,
-            "mapped_recurrence_centroid_mm": centroid_mm,
+            "mapped_recurrence_centroid_mm": centroid_mm, "seed_classes": classes,
             "complete": bool(rec), "notes": notes}
 
 
