@@ -172,14 +172,14 @@ def cmd_accuracy(args: argparse.Namespace) -> None:
             mapping.map_mask(mask, transform, ref)
             shifted = sitk.Image(boxes[0])
             shifted.SetOrigin(tuple(np.asarray(shifted.GetOrigin()) + np.asarray(shifted.GetSpacing()) * wg._TIE_SHIFT))
-            occupancy = sitk.Cast(wg._crop_to_mask(mask, wg._PAD_VOXELS) > 0, sitk.sitkFloat32)
+            occupancy = sitk.Cast(wg._crop_to_mask(mask, wg.CROP_PAD_VOXELS) > 0, sitk.sitkFloat32)
             k = int(min(4, max(2, np.ceil(max(shifted.GetSpacing()) / min(occupancy.GetSpacing()) - 1e-6))))
             fine = sitk.Image([n * k for n in shifted.GetSize()], sitk.sitkUInt8)
             spacing = np.asarray(shifted.GetSpacing()) / k
             fine.SetSpacing(tuple(spacing))
             fine.SetOrigin(tuple(np.asarray(shifted.GetOrigin()) - spacing * (k - 1) / 2.0))
-            exact_q = wg._mapped_positions_mm(fine, transform)  # T at every sub-sample, [Z, Y, X, 3]
-            q = wg._pad_linear(wg._mapped_positions_mm(shifted, transform), (0, 1, 2))
+            exact_q = wg.mapped_positions_mm(fine, transform)  # T at every sub-sample, [Z, Y, X, 3]
+            q = wg._pad_linear(wg.mapped_positions_mm(shifted, transform), (0, 1, 2))
             offsets = [(j - (k - 1) / 2.0) / k for j in range(k)]
             err = 0.0
             for a, ox in enumerate(offsets):

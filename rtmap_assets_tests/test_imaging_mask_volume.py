@@ -212,9 +212,9 @@ def _exact_mapped_mask(mask: sitk.Image, reference: sitk.Image, transform: sitk.
     """The mapping rule the direct way (grid.resample_mask before it evaluated the transform once per voxel):
     the transform at every sub-sample (ITK resampling of the occupancy on the k³-times finer lattice) and at
     every voxel centre (ITK resampling of the distance)."""
-    from rtmap_assets.imaging.grid import _PAD_VOXELS, _TIE_SHIFT, _crop_to_mask
+    from rtmap_assets.imaging.grid import CROP_PAD_VOXELS, _TIE_SHIFT, _crop_to_mask
 
-    crop = _crop_to_mask(mask, _PAD_VOXELS)
+    crop = _crop_to_mask(mask, CROP_PAD_VOXELS)
     phi = signed_distance_mm(crop)
     far = float(np.max(np.asarray(crop.GetSize()) * np.asarray(crop.GetSpacing())))
     shifted = sitk.Image(reference.GetSize(), sitk.sitkUInt8)
@@ -255,11 +255,11 @@ def test_one_transform_evaluation_per_voxel_matches_evaluating_every_sub_sample(
     target.SetOrigin((-25.0,) * 3)
     t = _bspline_warp(target, 4.0)
     volume, keep = _exact_mapped_mask(src, target, t)
-    from rtmap_assets.imaging.grid import _PAD_VOXELS, _TIE_SHIFT, _crop_to_mask
+    from rtmap_assets.imaging.grid import CROP_PAD_VOXELS, _TIE_SHIFT, _crop_to_mask
 
     shifted = sitk.Image(target)
     shifted.SetOrigin(tuple(np.asarray(target.GetOrigin()) + 2.0 * _TIE_SHIFT))
-    fast_volume = _mapped_voxels(sitk.Cast(_crop_to_mask(src, _PAD_VOXELS) > 0, sitk.sitkFloat32), shifted, t)
+    fast_volume = _mapped_voxels(sitk.Cast(_crop_to_mask(src, CROP_PAD_VOXELS) > 0, sitk.sitkFloat32), shifted, t)
     assert abs(fast_volume - volume) < 0.1
     assert abs(volume - q.sum() * source_mm**3 / 8.0) > 1.0  # the warp does change the volume: a real test
     mapped = sitk.GetArrayFromImage(resample_mask(src, target, t)) > 0

@@ -120,7 +120,7 @@ def resample_dose(dose: sitk.Image, reference: sitk.Image) -> sitk.Image:
 # - where: the signed distance, whose ranking places that volume around the mapped surface.
 # The mapped mask is the round(volume / voxel) reference voxels with the lowest interpolated signed
 # distance. Measured on spheres and ellipsoids of 5-30 mm (rtmap_assets_tests/test_imaging_mask_volume.py).
-_PAD_VOXELS = 3  # the crop around the mask: the distance map only needs to be right near the surface
+CROP_PAD_VOXELS = 3  # the crop around the mask: the distance map only needs to be right near the surface
 _TIE_SHIFT = 1e-3  # of a voxel: a consistent tie rule (as rasterisers' top-left rule) for surfaces
 #                    landing exactly on voxel centres
 
@@ -168,7 +168,7 @@ def displacement_field(transform: sitk.Transform, reference: sitk.Image) -> sitk
     return to_field.Execute(transform)
 
 
-def _mapped_positions_mm(lattice: sitk.Image, transform: sitk.Transform | None,
+def mapped_positions_mm(lattice: sitk.Image, transform: sitk.Transform | None,
                          field: sitk.Image | None = None) -> np.ndarray:
     """T(p) for every voxel centre p of `lattice`, as a [z, y, x, 3] float64 array of (x, y, z) mm, from
     `field` (`displacement_field` on `lattice`'s grid) when given, else from one evaluation of T per point."""
@@ -185,7 +185,7 @@ def resample_with_field(image: sitk.Image, field: sitk.Image, default_value: flo
     `resample(image, field's grid, transform=T, default_value=...)` for the T the field was made from
     (`displacement_field`), with the same interpolation and outside conventions, without evaluating T again
     (the Jacobian QC uses the same field)."""
-    q = _mapped_positions_mm(field, None, field)
+    q = mapped_positions_mm(field, None, field)
     values = _sample_linear(sitk.GetArrayViewFromImage(image), image, q, float(default_value))
     out = sitk.GetImageFromArray(values.astype(np.float32))
     out.CopyInformation(field)
@@ -247,7 +247,7 @@ def _mapped_voxels(occupancy: sitk.Image, reference: sitk.Image, transform: sitk
     Voxels whose sub-samples all see occupancy 0 (or all 1) are counted without sampling (`_uniform_voxels`)."""
     ratio = max(reference.GetSpacing()) / min(occupancy.GetSpacing())
     k = int(min(4, max(2, np.ceil(ratio - 1e-6))))
-    q = centres_mm if centres_mm is not None else _mapped_positions_mm(reference, transform)
+    q = centres_mm if centres_mm is not None else mapped_positions_mm(reference, transform)
     q = _pad_linear(q, (0, 1, 2))
     offsets = [(j - (k - 1) / 2.0) / k for j in range(k)]  # sub-voxel centres, in voxels, centred in each voxel
     reach_mm = max(abs(o) for o in offsets) * sum(
@@ -296,7 +296,7 @@ def resample_mask(mask: sitk.Image, reference: sitk.Image, transform: sitk.Trans
     """
     out = sitk.Image(reference.GetSize(), sitk.sitkUInt8)
     out.CopyInformation(reference)
-    crop = _crop_to_mask(mask, _PAD_VOXELS)
+    crop = _crop_to_mask(mask, CROP_PAD_VOXELS)
     if crop is None:
         return out
     phi = signed_distance_mm(crop)
@@ -304,7 +304,7 @@ def resample_mask(mask: sitk.Image, reference: sitk.Image, transform: sitk.Trans
     shifted = sitk.Image(reference.GetSize(), sitk.sitkUInt8)
     shifted.CopyInformation(reference)
     shifted.SetOrigin(tuple(np.asarray(reference.GetOrigin()) + _index_matrix(reference) @ np.full(3, _TIE_SHIFT)))
-    centres_mm = _mapped_positions_mm(shifted, transform)
+    centres_mm = mapped_positions_mm(shifted, transform)
     distance = _sample_linear(sitk.GetArrayViewFromImage(phi), phi, centres_mm, far).astype(np.float32)
     occupancy = sitk.Cast(crop > 0, sitk.sitkFloat32)
     n = int(round(_mapped_voxels(occupancy, shifted, transform, centres_mm)))

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import SimpleITK as sitk
 
-from rtmap_assets.imaging.grid import _PAD_VOXELS, _mapped_positions_mm, resample_mask
+from rtmap_assets.imaging.grid import CROP_PAD_VOXELS, displacement_field, mapped_positions_mm, resample_mask
 
 
 def mask_volume_cc(mask: sitk.Image) -> float:
@@ -76,10 +76,7 @@ def _pullback_points(transform: sitk.Transform, reference: sitk.Image, lo_mm: np
     coarse.SetOrigin(reference.GetOrigin())
     coarse.SetSpacing(tuple(float(v) * step for v in reference.GetSpacing()))
     coarse.SetDirection(reference.GetDirection())
-    to_field = sitk.TransformToDisplacementFieldFilter()
-    to_field.SetReferenceImage(coarse)
-    to_field.SetOutputPixelType(sitk.sitkVectorFloat64)
-    disp = sitk.GetArrayFromImage(to_field.Execute(transform)).reshape(-1, 3)  # x, y, z components
+    disp = sitk.GetArrayFromImage(displacement_field(transform, coarse)).reshape(-1, 3)  # x, y, z components
     kji = np.indices(coarse.GetSize()[::-1]).reshape(3, -1).T
     a = np.asarray(coarse.GetDirection(), dtype=float).reshape(3, 3) @ np.diag(coarse.GetSpacing())
     p = np.asarray(coarse.GetOrigin()) + kji[:, ::-1] @ a.T
@@ -104,7 +101,7 @@ def _reaching_part(box: sitk.Image, transform: sitk.Transform, lo_mm: np.ndarray
     coarse.SetOrigin(box.GetOrigin())
     coarse.SetSpacing(tuple(float(v) * step for v in box.GetSpacing()))
     coarse.SetDirection(box.GetDirection())
-    q = _mapped_positions_mm(coarse, transform)  # [z, y, x, 3]
+    q = mapped_positions_mm(coarse, transform)  # [z, y, x, 3]
     m = np.zeros(3)
     for axis in range(3):
         if q.shape[axis] > 1:
@@ -162,7 +159,7 @@ def map_mask(mask: sitk.Image, transform: sitk.Transform, reference: sitk.Image,
     box.SetSpacing(tuple(spacing))
     # The 15 mm margin is for the worst case; most of that box maps outside the structure's crop (where the
     # resampled occupancy is 0 and the distance `far`): keep only the part a coarse lattice says can reach it.
-    pad = _PAD_VOXELS
+    pad = CROP_PAD_VOXELS
     crop_corners = np.array([mask.TransformContinuousIndexToPhysicalPoint([float(c) for c in (i, j, k)])
                              for i in (lo_idx[0] + 1 - pad, hi_idx[0] - 1 + pad)
                              for j in (lo_idx[1] + 1 - pad, hi_idx[1] - 1 + pad)

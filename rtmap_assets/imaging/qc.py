@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import SimpleITK as sitk
 
+from rtmap_assets.imaging.grid import displacement_field
 from rtmap_assets.imaging.mapping import transform_points
 
 
@@ -66,12 +67,7 @@ def jacobian_stats(transform: sitk.Transform, reference: sitk.Image,
     differentiated by finite differences.
     """
     if field is None:
-        ref = sitk.Image(reference.GetSize(), sitk.sitkUInt8)
-        ref.CopyInformation(reference)
-        to_field = sitk.TransformToDisplacementFieldFilter()
-        to_field.SetReferenceImage(ref)
-        to_field.SetOutputPixelType(sitk.sitkVectorFloat64)
-        field = to_field.Execute(transform)
+        field = displacement_field(transform, reference)
     det = sitk.GetArrayFromImage(sitk.DisplacementFieldJacobianDeterminant(field))
     region = sitk.GetArrayViewFromImage(body) > 0 if body is not None else np.ones(det.shape, bool)
     vals = det[region]

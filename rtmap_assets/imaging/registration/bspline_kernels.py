@@ -117,7 +117,8 @@ def warp_and_sample(points: np.ndarray, start: np.ndarray, weights: np.ndarray, 
 @njit(cache=True, nogil=True)
 def scatter_gradient(start: np.ndarray, weights: np.ndarray, per_sample: np.ndarray, grid_size: np.ndarray,
                      n_nodes: int) -> np.ndarray:
-    """(nodes, 3) = A^T per_sample: each sample's (3,) vector spread over its 4^3 support with its weights."""
+    """(nodes, 3) = A^T per_sample: each sample's (3,) vector spread over its 4^3 support with its weights (the
+    transpose of `displacements`, hence the same loop over the support)."""
     nx, ny = grid_size[0], grid_size[1]
     out = np.zeros((n_nodes, 3))
     for s in range(start.shape[0]):
