@@ -121,8 +121,8 @@ def laplacian_matrix(size: np.ndarray):
 class MovingSampler:
     """Trilinear interpolation of a moving image and its gradient at physical points.
 
-    Value and the three gradient images are stacked into one (z, y, x, 4) array so each evaluation is a
-    single gather of the 8 corner voxels (several times faster than four scipy map_coordinates calls).
+    Value and the three gradient images are stacked into one (voxels, 4) array so each sample is a single
+    gather of the 8 corner voxels (the objective's kernel reads `stack` directly).
     """
 
     def __init__(self, image: sitk.Image, smooth_mm: float):
@@ -140,22 +140,13 @@ class MovingSampler:
         self.shape = np.asarray(arr.shape[::-1])  # (nx, ny, nz)
 
     def __call__(self, pts: np.ndarray):
-        c = ((pts - self.origin) @ self.direction) / self.spacing
-        inside = np.all((c >= 0) & (c <= self.shape - 1), axis=1)
-        c = np.clip(c, 0, self.shape - 1.000001)
-        i0 = np.floor(c).astype(np.int64)
-        f = (c - i0).astype(np.float32)
-        g = 1 - f
-        nx, ny = int(self.shape[0]), int(self.shape[1])
-        base = (i0[:, 2] * ny + i0[:, 1]) * nx + i0[:, 0]
-        corners = np.array([(dz * ny + dy) * nx + dx for dz in (0, 1) for dy in (0, 1) for dx in (0, 1)])
-        wz, wy, wx = (np.stack([g[:, d], f[:, d]], axis=1) for d in (2, 1, 0))
-        w = (wz[:, :, None, None] * wy[:, None, :, None] * wx[:, None, None, :]).reshape(-1, 8)
-        # One gather of the 8 corners (N, 8, 4) and one contraction: 2.5x faster than 8 separate gathers
-        # when the points come in memory order (the objective sorts its samples).
-        out = np.einsum("nk,nkc->nc", w, self.stack[base[:, None] + corners[None]])
-        grad = out[:, 1:].astype(np.float64) @ self.direction.T
-        return out[:, 0].astype(np.float64), grad, inside
+        """(value, physical gradient, inside) at (N, 3) physical points: the objective's compiled gather
+        (`bspline_kernels.warp_and_sample`) with no displacement and an identity rigid map."""
+        pts = np.ascontiguousarray(pts, dtype=float)
+        n = len(pts)
+        return kernels.warp_and_sample(pts, np.zeros((n, 3), dtype=np.int64), np.zeros((n, 3, 4)), np.zeros((64, 3)),
+                                       np.array([4, 4, 4], dtype=np.int64), np.eye(3), np.zeros(3), np.zeros(3),
+                                       self.stack, self.origin, self.direction, self.spacing, self.shape)
 
 
 def refit_bspline(source: sitk.BSplineTransform, target: sitk.BSplineTransform, reference: sitk.Image,
