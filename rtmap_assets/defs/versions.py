@@ -27,7 +27,7 @@ from rtmap_assets.lake.contract import (
 )
 from rtmap_assets.pipeline import dosimetry_patient, imaging_patient
 
-IMAGING_CODE_VERSION = "imaging-4"  # registration: compiled B-spline objective, ftol 3e-6; mapping: one transform evaluation per voxel
+IMAGING_CODE_VERSION = "imaging-5"  # B-spline fields by tensor products (rounding-level changes), refit per axis
 DOSIMETRY_CODE_VERSION = "dosimetry-2"  # level-named CTVs, per-arm high CTV, sub-voxel sphere
 
 

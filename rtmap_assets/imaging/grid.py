@@ -14,6 +14,8 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
+from rtmap_assets.imaging.bspline_eval import lattice_displacement
+
 BODY_THRESHOLD_HU = -400.0
 
 
@@ -158,8 +160,14 @@ def _index_matrix(image: sitk.Image) -> np.ndarray:
 def displacement_field(transform: sitk.Transform, reference: sitk.Image) -> sitk.Image:
     """T(p) - p at every voxel centre p of `reference` (a float64 vector image on its grid).
 
-    The transform is evaluated once per point by SimpleITK's multi-threaded displacement-field filter,
-    which works for any transform type (composites of rigid, B-spline, displacement fields)."""
+    The sitk engine's transforms (a B-spline, then rigid) on axis-aligned grids are evaluated by tensor
+    products (`bspline_eval.lattice_displacement`, ~5x faster, equal to ~1e-13 mm); any other transform once
+    per point by SimpleITK's multi-threaded displacement-field filter (composites of any kind)."""
+    fast = lattice_displacement(transform, reference)
+    if fast is not None:
+        field = sitk.GetImageFromArray(fast, isVector=True)
+        field.CopyInformation(reference)
+        return field
     lattice = sitk.Image(reference.GetSize(), sitk.sitkUInt8)
     lattice.CopyInformation(reference)
     to_field = sitk.TransformToDisplacementFieldFilter()

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import SimpleITK as sitk
 
+from rtmap_assets.imaging.bspline_eval import refit_coefficients, separable_support
 from rtmap_assets.imaging.registration import bspline_kernels as kernels
 
 if TYPE_CHECKING:
@@ -28,45 +29,6 @@ log = logging.getLogger(__name__)
 
 # Parzen window padding (bins) either side of the moving intensity range, as ITK's Mattes metric.
 HISTOGRAM_PAD = 2
-
-
-def _cubic_bspline(x: np.ndarray) -> np.ndarray:
-    ax = np.abs(x)
-    out = np.where(ax < 1, (4 - 6 * ax**2 + 3 * ax**3) / 6, 0.0)
-    return np.where((ax >= 1) & (ax < 2), (2 - ax) ** 3 / 6, out)
-
-
-def _itk_upper_edge_inside(c: np.ndarray, size: np.ndarray) -> np.ndarray:
-    """ITK's BSplineTransform::InsideValidRegion moves an index within 4 ULP of the upper edge of the
-    valid region (size - 2) 6 ULP inside, so a point exactly on that edge is still deformed."""
-    edge = np.broadcast_to((size - 2).astype(np.float64), c.shape)
-    near = (np.abs(c - edge) <= 0.1 * np.finfo(np.float64).eps) | (
-        (c > 0) & (np.abs(c.view(np.int64) - edge.view(np.int64)) <= 4))
-    if not near.any():
-        return c
-    return np.where(near, (edge.view(np.int64) - 6).view(np.float64), c)
-
-
-def separable_support(bspline: sitk.BSplineTransform, points: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """ITK's cubic BSplineTransform evaluation at `points`, kept separable: (first support node per axis
-    (N, 3) int64, per-axis weights (N, 3, 4), coefficient grid size (3,) int64). u(p) = sum over a, b, c of
-    weights[:, 0, a] * weights[:, 1, b] * weights[:, 2, c] * coef[node(start + (a, b, c))]. Points outside
-    the valid region get weight 0 (ITK leaves them unmoved) and a start clipped into the grid."""
-    coeff = bspline.GetCoefficientImages()[0]
-    size = np.asarray(coeff.GetSize(), dtype=np.int64)
-    origin = np.asarray(coeff.GetOrigin())
-    spacing = np.asarray(coeff.GetSpacing())
-    direction = np.asarray(coeff.GetDirection()).reshape(3, 3)
-    # Continuous index (i, j, k). The inverse, not the transpose, of the direction as ITK: a grid made from a
-    # float32 image has direction cosines orthonormal only to ~1e-7 (the same bits for axis-aligned grids).
-    c = ((np.asarray(points, dtype=float) - origin) @ np.linalg.inv(direction).T) / spacing
-    c = _itk_upper_edge_inside(c, size)
-    start = np.floor(c - 1).astype(np.int64)
-    valid = np.all((start >= 0) & (start + 3 < size), axis=1)
-    offs = np.arange(4)
-    weights = np.stack([_cubic_bspline(c[:, d, None] - (start[:, d, None] + offs[None])) for d in range(3)], axis=1)
-    weights[~valid] = 0.0
-    return np.clip(start, 0, np.maximum(size - 4, 0)), weights, size
 
 
 def _support_weights(bspline: sitk.BSplineTransform, points: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
@@ -152,7 +114,16 @@ class MovingSampler:
 def refit_bspline(source: sitk.BSplineTransform, target: sitk.BSplineTransform, reference: sitk.Image,
                   step: int = 3) -> None:
     """Set `target`'s coefficients to the least-squares fit of `source`'s displacement (coarse -> fine
-    control grid), sampled every `step` voxels of `reference`."""
+    control grid), sampled every `step` voxels of `reference`: per axis on axis-aligned grids
+    (`bspline_eval.refit_coefficients`), else one sparse solve over the sampled points."""
+    coef = refit_coefficients(source, target, reference, step=step)
+    if coef is None:
+        coef = _refit_sparse(source, target, reference, step)
+    target.SetParameters(tuple(float(v) for v in coef))
+
+
+def _refit_sparse(source: sitk.BSplineTransform, target: sitk.BSplineTransform, reference: sitk.Image,
+                  step: int) -> np.ndarray:
     from scipy import sparse
     from scipy.sparse.linalg import spsolve
 
@@ -164,8 +135,7 @@ def refit_bspline(source: sitk.BSplineTransform, target: sitk.BSplineTransform, 
     u = a_src @ np.asarray(source.GetParameters()).reshape(3, a_src.shape[1]).T
     a = bspline_weight_matrix(target, pts)
     normal = (a.T @ a + 1e-6 * sparse.identity(a.shape[1])).tocsc()
-    coef = np.column_stack([spsolve(normal, a.T @ u[:, d]) for d in range(3)])
-    target.SetParameters(tuple(float(v) for v in coef.T.reshape(-1)))
+    return np.column_stack([spsolve(normal, a.T @ u[:, d]) for d in range(3)]).T.reshape(-1)
 
 
 def inside_with_margin(points_mm: np.ndarray, image: sitk.Image, margin_mm: float) -> np.ndarray:
