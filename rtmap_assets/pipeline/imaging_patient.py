@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -186,6 +187,14 @@ def read_inputs(manifest_rows: pl.DataFrame, config: TrialConfig, raw_root: Path
 
 def planning_step(inputs: Inputs, config: TrialConfig) -> Planning:
     """Rule 3: the planning working grid (body box), planning structures rasterised on it, the dose on it."""
+    planning = planning_grid_step(inputs, config)
+    planning_rest_step(planning, inputs, config)
+    return planning
+
+
+def planning_grid_step(inputs: Inputs, config: TrialConfig) -> Planning:
+    """What the registration needs of the planning side: the working grid (body box), the image on it, the body
+    and landmark structures (the metric's mask, the rotation centre). `planning_rest_step` adds the others."""
     al, spacing = config.aliases, float(config.grid_spacing_mm)
     plan_rs = inputs.plan_rs
     names = [n for n in plan_rs.names if plan_rs.contours[n]]
@@ -197,8 +206,9 @@ def planning_step(inputs: Inputs, config: TrialConfig) -> Planning:
     structures: list[StructureMask] = []
     for name in names:
         role, alias = planning_role(name, config)
-        structures.append(StructureMask(name=name, role=role, space="planning",
-                                        mask=rasterise(plan_rs, name, ref), matched_alias=alias))
+        if role in ("landmark", "body"):
+            structures.append(StructureMask(name=name, role=role, space="planning",
+                                            mask=rasterise(plan_rs, name, ref), matched_alias=alias))
     landmarks = [s for s in structures if s.role == "landmark"]
     if len(landmarks) != 1:
         raise PatientDataError(IssueCode.LANDMARK_MISSING if not landmarks else IssueCode.LANDMARK_AMBIGUOUS,
@@ -209,19 +219,44 @@ def planning_step(inputs: Inputs, config: TrialConfig) -> Planning:
         raise PatientDataError(IssueCode.LANDMARK_EMPTY, f"planning landmark {landmarks[0].name!r} has no voxels",
                                stage=STAGE, file=inputs.plan_rs_file)
     bodies = [s for s in structures if s.role == "body"]
+    return Planning(ref=ref, image=image, structures=structures, landmark_centroid_mm=lm_centroid,
+                    body=bodies[0].mask if bodies else wg.body_mask(image), dose=None, dose_support=None)
+
+
+def planning_rest_step(planning: Planning, inputs: Inputs, config: TrialConfig) -> None:
+    """The other planning structures (CTVs, organs, ...) and the dose onto `planning`'s grid; the structures keep
+    the RTSTRUCT's order."""
+    plan_rs, ref = inputs.plan_rs, planning.ref
+    done = {s.name: s for s in planning.structures}
+    structures: list[StructureMask] = []
+    for name in (n for n in plan_rs.names if plan_rs.contours[n]):
+        if name not in done:
+            role, alias = planning_role(name, config)
+            done[name] = StructureMask(name=name, role=role, space="planning", mask=rasterise(plan_rs, name, ref),
+                                       matched_alias=alias)
+        structures.append(done[name])
+    planning.structures[:] = structures
     dose = wg.resample_dose(inputs.dose, ref) if inputs.dose is not None else None
     support = dose_support_mask(inputs.dose, ref) if inputs.dose is not None else None
     inputs.dose = None
     if support is not None and int(np.count_nonzero(sitk.GetArrayViewFromImage(support))) == int(
             np.prod(ref.GetSize())):
         support = None  # the RTDOSE covers the whole working grid
-    return Planning(ref=ref, image=image, structures=structures, landmark_centroid_mm=lm_centroid,
-                    body=bodies[0].mask if bodies else wg.body_mask(image), dose=dose, dose_support=support)
+    planning.dose, planning.dose_support = dose, support
 
 
 def relapse_step(inputs: Inputs, config: TrialConfig) -> Relapse:
     """The relapse image on its own working grid; recurrence, landmark and comparison structures rasterised on
     local grids of half the working spacing (a small recurrence is not blurred by two 2 mm resamplings)."""
+    relapse = relapse_grid_step(inputs, config)
+    relapse_masks_step(relapse, inputs, config)
+    return relapse
+
+
+def relapse_grid_step(inputs: Inputs, config: TrialConfig) -> Relapse:
+    """What the registration needs of the relapse side: the image on its working grid and the landmark's
+    centroid; the structures' names are checked here (a missing or ambiguous recurrence fails before any
+    registration). `relapse_masks_step` rasterises the recurrence and comparison structures."""
     al, spacing = config.aliases, float(config.grid_spacing_mm)
     rel_rs, file = inputs.rel_rs, inputs.rel_rs_file
     is_mr = inputs.relapse_modality.upper() == "MR"
@@ -239,17 +274,27 @@ def relapse_step(inputs: Inputs, config: TrialConfig) -> Relapse:
     comparison = [(n, a) for n, a in match_aliases(names, al.comparison) if n not in (rec_name, lm_name)]
     roles = {rec_name: ("recurrence", rec_alias), lm_name: ("landmark", lm_alias),
              **{n: ("comparison", a) for n, a in comparison}}
-    masks = {name: rasterise(rel_rs, name, _local_grid(rel_rs.contours[name], spacing / 2.0, 2 * spacing))
-             for name in roles}
+    masks = {lm_name: _relapse_mask(rel_rs, lm_name, spacing)}
     lm_centroid = mask_centroid_mm(masks[lm_name])
     if lm_centroid is None:
         raise PatientDataError(IssueCode.LANDMARK_EMPTY, f"relapse landmark {lm_name!r} has no voxels", stage=STAGE,
                                file=file)
-    if mask_centroid_mm(masks[rec_name]) is None:
-        raise PatientDataError(IssueCode.RECURRENCE_EMPTY, f"recurrence {rec_name!r} has no voxels", stage=STAGE,
-                               file=file)
     return Relapse(image=image, default_value=default, masks=masks, roles=roles, recurrence=rec_name,
                    landmark=lm_name, landmark_centroid_mm=lm_centroid)
+
+
+def _relapse_mask(rel_rs: RTStruct, name: str, spacing: float) -> sitk.Image:
+    return rasterise(rel_rs, name, _local_grid(rel_rs.contours[name], spacing / 2.0, 2 * spacing))
+
+
+def relapse_masks_step(relapse: Relapse, inputs: Inputs, config: TrialConfig) -> None:
+    """The recurrence and comparison structures on their local grids (`relapse.roles`' order)."""
+    spacing = float(config.grid_spacing_mm)
+    relapse.masks = {name: relapse.masks[name] if name in relapse.masks else
+                     _relapse_mask(inputs.rel_rs, name, spacing) for name in relapse.roles}
+    if mask_centroid_mm(relapse.masks[relapse.recurrence]) is None:
+        raise PatientDataError(IssueCode.RECURRENCE_EMPTY, f"recurrence {relapse.recurrence!r} has no voxels",
+                               stage=STAGE, file=inputs.rel_rs_file)
 
 
 def mapping_step(relapse: Relapse, transform: sitk.Transform, planning: Planning,
@@ -306,16 +351,24 @@ def run_imaging(manifest_rows: pl.DataFrame, config: TrialConfig, out_dir: Path,
     timings["read_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    planning = planning_step(inputs, config)
-    relapse = relapse_step(inputs, config)
+    planning = planning_grid_step(inputs, config)
+    relapse = relapse_grid_step(inputs, config)
     rel_modality, rel_rs_file = inputs.relapse_modality, inputs.rel_rs_file
-    del inputs  # the native images: memory goes back before registration
     timings["grid_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    result = register(planning.image, relapse.image, fixed_landmark_mm=planning.landmark_centroid_mm,
-                      moving_landmark_mm=relapse.landmark_centroid_mm, engine=engine or config.registration.engine,
-                      bspline_grid_mm=config.registration.bspline_grid_mm, fixed_mask=planning.body, threads=threads)
+    # The registration runs on a worker thread while this one rasterises the other structures and resamples the
+    # dose: SimpleITK's stages and the compiled B-spline objective release the GIL, so both cores work (the
+    # registration's result does not depend on it: same inputs, same serial arithmetic).
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="rtmap-registration") as pool:
+        registering = pool.submit(
+            register, planning.image, relapse.image, fixed_landmark_mm=planning.landmark_centroid_mm,
+            moving_landmark_mm=relapse.landmark_centroid_mm, engine=engine or config.registration.engine,
+            bspline_grid_mm=config.registration.bspline_grid_mm, fixed_mask=planning.body, threads=threads)
+        planning_rest_step(planning, inputs, config)
+        relapse_masks_step(relapse, inputs, config)
+        del inputs  # the native images and contours: memory goes back while the registration runs
+        result = registering.result()
     transform = result.transform
     timings["registration_s"] = time.perf_counter() - t
 
