@@ -91,6 +91,7 @@ class MovingSampler:
         from scipy import ndimage
 
         arr = sitk.GetArrayFromImage(image).astype(np.float32)
+        self.smooth_mm = smooth_mm
         self.spacing = np.asarray(image.GetSpacing())
         if smooth_mm > 0:
             arr = ndimage.gaussian_filter(arr, sigma=(smooth_mm / self.spacing)[::-1])
@@ -199,7 +200,7 @@ class BsplineMiObjective:
 def bspline_mi_objective(fixed: sitk.Image, moving: sitk.Image, rigid: sitk.Euler3DTransform,
                          bspline: sitk.BSplineTransform, mask: sitk.Image | None, *, histogram_bins: int,
                          smoothness: float, moving_margin_mm: float, seed: int, smooth_mm: float,
-                         n_samples: int) -> BsplineMiObjective:
+                         n_samples: int, moving_sampler: MovingSampler | None = None) -> BsplineMiObjective:
     """The B-spline level's objective: `n_samples` random fixed points inside `mask` (jittered within their
     voxel), kept where `rigid(p + u(p))` with `bspline`'s current coefficients lies `moving_margin_mm` inside
     the moving image; both images Gaussian-smoothed by `smooth_mm` (0: not smoothed)."""
@@ -220,7 +221,8 @@ def bspline_mi_objective(fixed: sitk.Image, moving: sitk.Image, rigid: sitk.Eule
     pad = HISTOGRAM_PAD
     f_level = ndimage.gaussian_filter(farr, smooth_mm / np.asarray(fixed.GetSpacing())[::-1]) if smooth_mm > 0 \
         else farr
-    moving_sampler = MovingSampler(moving, smooth_mm)
+    if moving_sampler is None or moving_sampler.smooth_mm != smooth_mm:
+        moving_sampler = MovingSampler(moving, smooth_mm)
     # Oversample, then keep the samples that the starting transform maps at least
     # `moving_margin_mm` inside the moving image (a fixed sample set that does not change with
     # the field, so the optimiser cannot gain by pulling samples into the relapse field of view).
@@ -257,14 +259,16 @@ def bspline_mi_objective(fixed: sitk.Image, moving: sitk.Image, rigid: sitk.Eule
 
 def optimise_bspline_mi(fixed: sitk.Image, moving: sitk.Image, rigid: sitk.Euler3DTransform,
                         bspline: sitk.BSplineTransform, mask: sitk.Image | None, s: "SitkSettings", *,
-                        smooth_mm: float, n_samples: int, iterations: int) -> float:
+                        smooth_mm: float, n_samples: int, iterations: int,
+                        moving_sampler: MovingSampler | None = None) -> float:
     """Optimise `bspline` (in place) for Mattes MI of fixed vs moving(rigid(p + u(p))); returns final -MI
     (+ smoothness penalty). L-BFGS-B from the current coefficients; settings from `s` (see SitkSettings)."""
     from scipy import optimize
 
     objective = bspline_mi_objective(fixed, moving, rigid, bspline, mask, histogram_bins=s.histogram_bins,
                                      smoothness=s.bspline_smoothness, moving_margin_mm=s.bspline_moving_margin_mm,
-                                     seed=s.seed, smooth_mm=smooth_mm, n_samples=n_samples)
+                                     seed=s.seed, smooth_mm=smooth_mm, n_samples=n_samples,
+                                     moving_sampler=moving_sampler)
     params = np.asarray(bspline.GetParameters(), dtype=float)
     res = optimize.minimize(objective.value_and_grad, params, jac=True, method="L-BFGS-B",
                             options={"maxiter": iterations, "maxcor": 7, "ftol": s.bspline_ftol, "gtol": 1e-7})

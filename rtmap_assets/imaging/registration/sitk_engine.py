@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import SimpleITK as sitk
 
-from rtmap_assets.imaging.registration.bspline_mi import optimise_bspline_mi, refit_bspline
+from rtmap_assets.imaging.registration.bspline_mi import MovingSampler, optimise_bspline_mi, refit_bspline
 from rtmap_assets.imaging.registration.threads import sitk_threads
 
 log = logging.getLogger(__name__)
@@ -154,6 +154,7 @@ def register_sitk(fixed: sitk.Image, moving: sitk.Image, t0: np.ndarray, fixed_l
     t = time.perf_counter()
     extent = np.asarray(fixed.GetSize()) * np.asarray(fixed.GetSpacing())
     bspline = None
+    sampler = None
     metric = 0.0
     for factor, smooth_mm, samples, iterations in zip(s.bspline_grid_factors, s.bspline_smooth_mm,
                                                       s.bspline_level_samples, s.bspline_iterations):
@@ -161,8 +162,10 @@ def register_sitk(fixed: sitk.Image, moving: sitk.Image, t0: np.ndarray, fixed_l
         level = sitk.BSplineTransformInitializer(fixed, mesh, order=3)
         if bspline is not None:
             refit_bspline(bspline, level, fixed)
+        if sampler is None or sampler.smooth_mm != smooth_mm:  # the moving image and its gradient, once per smoothing
+            sampler = MovingSampler(moving, smooth_mm)
         metric = optimise_bspline_mi(fixed, moving, rigid, level, mask, s, smooth_mm=smooth_mm,
-                                     n_samples=samples, iterations=iterations)
+                                     n_samples=samples, iterations=iterations, moving_sampler=sampler)
         bspline = level
     timings["bspline_s"] = time.perf_counter() - t
     # Composite applies the last-added transform first: p -> rigid(bspline(p)).
