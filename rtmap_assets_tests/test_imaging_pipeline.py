@@ -11,6 +11,7 @@ import pytest
 from rtmap_assets.config import Aliases, load_trial_config
 from rtmap_assets.dicom.catalog import catalog_folder
 from rtmap_assets.dicom.manifest import build_manifest
+from rtmap_assets.dicom.readers import read_rtstruct
 from rtmap_assets.errors import PatientDataError
 from rtmap_assets.pipeline.imaging_patient import planning_role, run_imaging
 from rtmap_assets.pipeline.volumes import PatientVolumes
@@ -54,6 +55,12 @@ def test_run_imaging_matches_ground_truth(patient, tmp_path):
     assert np.linalg.norm(centroid - truth["recurrence"]["centroid_planning_mm"]) < 2.0
     true_cc = 4 / 3 * np.pi * np.prod(truth["recurrence"]["radii_mm"]) / 1000
     assert rec["volume_cc"] == pytest.approx(true_cc, rel=0.3)
+    # planning structures in the RTSTRUCT's order, though body and landmark are rasterised first (the
+    # registration needs them) and the others while it runs
+    rs_file = rows.filter(pl.col("role") == "planning_rtstruct")["files"][0][0]
+    plan_rs = read_rtstruct(raw_root / rs_file)
+    assert ms.filter(pl.col("space") == "planning")["structure"].to_list() == [
+        n for n in plan_rs.names if plan_rs.contours[n]]
     roles = set(zip(ms["role"], ms["space"]))
     assert {("ctv", "planning"), ("body", "planning"), ("landmark", "planning"), ("organ", "planning"),
             ("landmark", "mapped"), ("comparison", "mapped")} <= roles
