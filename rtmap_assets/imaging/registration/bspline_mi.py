@@ -203,7 +203,8 @@ def bspline_mi_objective(fixed: sitk.Image, moving: sitk.Image, rigid: sitk.Eule
                          n_samples: int, moving_sampler: MovingSampler | None = None) -> BsplineMiObjective:
     """The B-spline level's objective: `n_samples` random fixed points inside `mask` (jittered within their
     voxel), kept where `rigid(p + u(p))` with `bspline`'s current coefficients lies `moving_margin_mm` inside
-    the moving image; both images Gaussian-smoothed by `smooth_mm` (0: not smoothed)."""
+    the moving image; both images Gaussian-smoothed by `smooth_mm` (0: not smoothed). `moving_sampler`: one
+    already built from `moving` (reused when its smoothing is `smooth_mm`, as between levels)."""
     from scipy import ndimage
 
     rng = np.random.default_rng(seed)
