@@ -20,12 +20,19 @@ import numpy as np
 import SimpleITK as sitk
 
 from rtmap_assets.imaging.bspline_eval import refit_coefficients, separable_support
-from rtmap_assets.imaging.registration import bspline_kernels as kernels
 
 if TYPE_CHECKING:
     from rtmap_assets.imaging.registration.sitk_engine import SitkSettings
 
 log = logging.getLogger(__name__)
+
+def _kernels() -> Any:
+    """The compiled loops (`bspline_kernels`), imported on first use: numba's import (~0.2 s) then happens where the
+    sitk engine preloads the B-spline stage, beside its ITK stages, not when the imaging code is imported."""
+    from rtmap_assets.imaging.registration import bspline_kernels
+
+    return bspline_kernels
+
 
 # Parzen window padding (bins) either side of the moving intensity range, as ITK's Mattes metric.
 HISTOGRAM_PAD = 2
@@ -107,7 +114,7 @@ class MovingSampler:
         (`bspline_kernels.warp_and_sample`) with no displacement and an identity rigid map."""
         pts = np.ascontiguousarray(pts, dtype=float)
         n = len(pts)
-        return kernels.warp_and_sample(pts, np.zeros((n, 3), dtype=np.int64), np.zeros((n, 3, 4)), np.zeros((64, 3)),
+        return _kernels().warp_and_sample(pts, np.zeros((n, 3), dtype=np.int64), np.zeros((n, 3, 4)), np.zeros((64, 3)),
                                        np.array([4, 4, 4], dtype=np.int64), np.eye(3), np.zeros(3), np.zeros(3),
                                        self.stack, self.origin, self.direction, self.spacing, self.shape)
 
@@ -180,6 +187,7 @@ class BsplineMiObjective:
         nb, pad, lam, lap = self.n_bins_padded, HISTOGRAM_PAD, self.smoothness, self.laplacian
         coef = np.ascontiguousarray(x.reshape(3, self.n_nodes).T)  # ITK order: all x, then all y, then all z
         ms = self.moving_sampler
+        kernels = _kernels()
         mval, mgrad, inside = kernels.warp_and_sample(
             self.points_mm, self.support_start, self.support_weights, coef, self.grid_size, a_mat,
             self.rigid_centre_mm, self.rigid_translation_mm, ms.stack, ms.origin, ms.direction, ms.spacing, ms.shape)
@@ -233,7 +241,7 @@ def bspline_mi_objective(fixed: sitk.Image, moving: sitk.Image, rigid: sitk.Eule
     pts = np.asarray(fixed.GetOrigin()) + (idx * np.asarray(fixed.GetSpacing())) @ np.asarray(
         fixed.GetDirection()).reshape(3, 3).T
     start_nodes, support_w, grid_size = separable_support(bspline, pts)
-    u = kernels.displacements(start_nodes, support_w, np.ascontiguousarray(params.reshape(3, n_nodes).T),
+    u = _kernels().displacements(start_nodes, support_w, np.ascontiguousarray(params.reshape(3, n_nodes).T),
                               grid_size) if np.any(params) else 0.0
     start = (pts + u - centre) @ a_mat.T + centre + trans
     keep = np.flatnonzero(inside_with_margin(start, moving, moving_margin_mm))
