@@ -1,50 +1,47 @@
-"""pipeline.gc_freeze: during a patient's step, collections skip the objects that existed before it; after it,
-those objects are collected normally again (no leak in a long-lived process)."""
+"""pipeline.gc_freeze: the first patient step of a process collects, then sets aside every object alive (the
+loaded libraries'); what the steps create afterwards is still collected. Run in a fresh interpreter: freezing is
+per process, and this test process may have run a patient step already."""
 
 from __future__ import annotations
 
-import gc
-import weakref
+import subprocess
+import sys
+import textwrap
 
-from rtmap_assets.pipeline.gc_freeze import frozen_gc, with_frozen_gc
+SCRIPT = textwrap.dedent("""
+    import gc, weakref
+    from rtmap_assets.pipeline.gc_freeze import after_freezing_long_lived_objects, freeze_long_lived_objects
 
+    class Node:
+        other = None
 
-class Node:
-    def __init__(self) -> None:
-        self.other: Node | None = None
+    def cycle():
+        a, b = Node(), Node()
+        a.other, b.other = b, a
+        return weakref.ref(a)
 
-
-def _cycle() -> tuple[weakref.ref, weakref.ref]:
-    a, b = Node(), Node()
-    a.other, b.other = b, a
-    return weakref.ref(a), weakref.ref(b)
-
-
-def test_existing_objects_are_set_aside_during_the_step_and_collected_after():
-    gc.collect()
+    gc.disable()  # no automatic collection may interfere with what is checked
     assert gc.get_freeze_count() == 0
-    before = _cycle()  # unreachable already, but tracked: in the permanent generation once frozen
-    with frozen_gc():
-        assert gc.get_freeze_count() > 0
-        gc.collect()
-        assert before[0]() is not None  # set aside: not collected during the step
-        during = _cycle()
-        gc.collect()
-        assert during[0]() is None and during[1]() is None  # the step's own garbage is collected as usual
-    assert gc.get_freeze_count() == 0
+    before = cycle()  # garbage already when the first step starts
+    kept = Node(); kept.other = kept  # alive when the first step starts
+    freeze_long_lived_objects()
+    frozen = gc.get_freeze_count()
+    assert before() is None, "the garbage present before the freeze was collected, not frozen"
+    assert frozen > 0
+    during = cycle()  # a step's own garbage
     gc.collect()
-    assert before[0]() is None and before[1]() is None  # handed back: collected after the step
+    assert during() is None, "garbage made after the freeze is collected as usual"
 
-
-def test_nested_scopes_leave_the_outer_scope_frozen():
-    @with_frozen_gc
-    def step() -> int:
+    @after_freezing_long_lived_objects
+    def step():
         return gc.get_freeze_count()
 
-    gc.collect()
-    with frozen_gc():
-        frozen = gc.get_freeze_count()
-        assert step() == frozen  # the inner scope neither froze more nor unfroze
-        assert gc.get_freeze_count() == frozen
-    assert gc.get_freeze_count() == 0
-    assert step() > 0 and gc.get_freeze_count() == 0
+    assert step() == frozen  # later steps leave the frozen set alone (once per process)
+    print("ok", frozen)
+""")
+
+
+def test_long_lived_objects_frozen_once_and_later_garbage_collected():
+    proc = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("ok ")

@@ -29,7 +29,7 @@ from rtmap_assets.errors import PatientDataError
 from rtmap_assets.issue_codes import IssueCode
 from rtmap_assets.figures.overlay import OverlayContext, render_overlay
 from rtmap_assets.lake import atomic_write
-from rtmap_assets.pipeline.gc_freeze import with_frozen_gc
+from rtmap_assets.pipeline.gc_freeze import after_freezing_long_lived_objects
 from rtmap_assets.pipeline.volumes import PatientVolumes
 
 log = logging.getLogger(__name__)
@@ -260,7 +260,7 @@ def classification_rows(volumes: PatientVolumes, config: TrialConfig, levels: Ar
     return rows
 
 
-@with_frozen_gc  # collections skip the loaded libraries' objects during the step (pipeline/gc_freeze.py)
+@after_freezing_long_lived_objects  # collections skip the loaded libraries' objects (pipeline/gc_freeze.py)
 def run_dosimetry(
     volumes: PatientVolumes,
     config: TrialConfig,

@@ -40,7 +40,7 @@ from rtmap_assets.imaging.mapping import map_mask, mask_centroid_mm, mask_volume
 from rtmap_assets.imaging.qc import jacobian_stats, landmark_distance_mm, overlap_metrics
 from rtmap_assets.imaging.registration import register, restores_sitk_threads
 from rtmap_assets.naming import first_match, match_aliases, matches
-from rtmap_assets.pipeline.gc_freeze import with_frozen_gc
+from rtmap_assets.pipeline.gc_freeze import after_freezing_long_lived_objects
 from rtmap_assets.pipeline.volumes import PatientVolumes, StructureMask
 
 log = logging.getLogger(__name__)
@@ -335,7 +335,7 @@ def qc_step(patient_id: str, relapse: Relapse, planning: Planning, mapped: dict[
     return lm_distance, jac_min, folding, rows
 
 
-@with_frozen_gc  # collections skip the loaded libraries' objects during the step (pipeline/gc_freeze.py)
+@after_freezing_long_lived_objects  # collections skip the loaded libraries' objects (pipeline/gc_freeze.py)
 @restores_sitk_threads  # SimpleITK's global thread count = `threads` during the call, then restored
 def run_imaging(manifest_rows: pl.DataFrame, config: TrialConfig, out_dir: Path, *,
                 raw_root: Path | None = None, engine: str | None = None, threads: int | None = None,
