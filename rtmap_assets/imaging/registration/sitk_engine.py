@@ -5,6 +5,7 @@ Tuned for the bars (see benchmarks/RESULTS.md)."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -110,11 +111,17 @@ def _execute(reg: sitk.ImageRegistrationMethod, transform: sitk.Transform, fixed
     log.debug("%s: %s", stage, reg.GetOptimizerStopConditionDescription())
 
 
+@functools.cache
+def _load_bspline_code() -> None:
+    """Once per process: SciPy's optimiser and the kernels from numba's cache (numba's import, CPU target set-up)."""
+    import scipy.optimize  # noqa: F401 - what optimise_bspline_mi imports
+
+    compile_kernels()
+
+
 def _load_bspline_stage(moving: sitk.Image, smooth_mm: float, out: dict) -> None:
     try:
-        import scipy.optimize  # noqa: F401 - what optimise_bspline_mi imports
-
-        compile_kernels()  # from numba's cache: numba's import and CPU target set-up, once per process
+        _load_bspline_code()
         out["sampler"] = MovingSampler(moving, smooth_mm)  # the first level's (numpy releases the GIL here)
     except Exception:  # noqa: BLE001 - the B-spline stage loads them again and reports any error itself
         log.debug("preloading the B-spline stage failed", exc_info=True)
