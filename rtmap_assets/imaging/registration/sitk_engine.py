@@ -138,13 +138,13 @@ def register_sitk(fixed: sitk.Image, moving: sitk.Image, t0: np.ndarray, fixed_l
     timings: dict[str, float] = {}
     fixed = sitk.Cast(fixed, sitk.sitkFloat32)
     moving = sitk.Cast(moving, sitk.sitkFloat32)
-    # SciPy's optimiser, the objective's compiled kernels (numba) and the moving image's sampler: ~0.6 s, mostly
-    # Python, prepared on a helper thread while the translation and rigid stages run inside ITK without the GIL.
+    # SciPy's optimiser and the compiled kernels (numba; ~0.6 s of mostly Python, once per process) and the moving
+    # image's sampler, prepared on a helper thread while the translation and rigid stages run inside ITK without
+    # the GIL. The helper gets its own sitk.Image handle on the same pixels: reading the buffer may re-point a
+    # handle, never the one ITK is registering with.
     preloaded: dict = {}
-    # (its own sitk.Image handle on the same pixels: reading the buffer may re-point the handle, never the one ITK
-    # is registering with)
-    loader = threading.Thread(target=_load_bspline_stage, args=(sitk.Image(moving), s.bspline_smooth_mm[0], preloaded),
-                              name="rtmap-bspline-load", daemon=True)
+    loader = threading.Thread(target=_load_bspline_stage, name="rtmap-bspline-load", daemon=True,
+                              args=(sitk.Image(moving), s.bspline_smooth_mm[0], preloaded))
     loader.start()
 
     # Translation (coarse only: the landmark start is already close).
